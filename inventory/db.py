@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -119,6 +120,21 @@ def _configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def dialect_insert(session: Session, model: type[Any]) -> postgresql.Insert | sqlite.Insert:
+    """``INSERT`` for ``model`` in the session's dialect, so callers can add
+    ``ON CONFLICT DO NOTHING / DO UPDATE`` (supported alike by PostgreSQL and SQLite >= 3.24).
+
+    Raises:
+        NotImplementedError: the session is bound to another database.
+    """
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        return postgresql.insert(model)
+    if name == "sqlite":
+        return sqlite.insert(model)
+    raise NotImplementedError(f"dialect {name!r} is not supported (SQLite and PostgreSQL are)")
+
+
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     """Return the session factory used everywhere (``expire_on_commit=False``)."""
     return sessionmaker(engine, expire_on_commit=False)
@@ -178,7 +194,7 @@ def run_in_transaction(
         except DBAPIError as error:
             if attempt == attempts or not is_transient(error):
                 raise
-            delay = random.uniform(0, min(backoff_cap_s, backoff_s * 2**attempt))  # noqa: S311
+            delay = random.uniform(0, min(backoff_cap_s, backoff_s * 2**attempt))
             logger.info("transient database conflict (attempt %s/%s), retrying in %.3fs: %s",
                         attempt, attempts, delay, error.orig)
             time.sleep(delay)

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from inventory.db import UTCDateTime, utcnow
@@ -246,7 +247,7 @@ class Detection(Base):
     y2: Mapped[float] = mapped_column(sa.Float)
     confidence: Mapped[float] = mapped_column(sa.Float)
     class_id: Mapped[int] = mapped_column()
-    sku_id: Mapped[int | None] = mapped_column(sa.ForeignKey("sku.id", ondelete="RESTRICT"))
+    sku_id: Mapped[int | None] = mapped_column(sa.ForeignKey("sku.id", ondelete="RESTRICT"), index=True)
     sku_confidence: Mapped[float | None] = mapped_column(sa.Float)
 
 
@@ -295,7 +296,7 @@ class Discrepancy(Base):
     last_seen_at: Mapped[datetime] = mapped_column()
     consecutive_scans: Mapped[int] = mapped_column(default=1)
     alerted_kind: Mapped[DiscrepancyKind | None] = mapped_column(_enum(DiscrepancyKind, "alerted_kind"))
-    evidence_scan_id: Mapped[int | None] = mapped_column(sa.ForeignKey("scan.id", ondelete="SET NULL"))
+    evidence_scan_id: Mapped[int | None] = mapped_column(sa.ForeignKey("scan.id", ondelete="SET NULL"), index=True)
     resolution: Mapped[Resolution | None] = mapped_column(_enum(Resolution, "resolution"))
     resolved_at: Mapped[datetime | None] = mapped_column()
     resolved_by: Mapped[str | None] = mapped_column(sa.String(128))
@@ -316,6 +317,14 @@ class Discrepancy(Base):
             sqlite_where=sa.text("status != 'resolved'"),
             postgresql_where=sa.text("status != 'resolved'"),
         ),
+        # sku_id is NULL for unknown_product, and NULLs never collide in a unique index.
+        sa.Index(
+            "uq_discrepancy_active_unknown_location",
+            "location_id",
+            unique=True,
+            sqlite_where=sa.text("sku_id IS NULL AND status != 'resolved'"),
+            postgresql_where=sa.text("sku_id IS NULL AND status != 'resolved'"),
+        ),
     )
 
     @property
@@ -328,7 +337,9 @@ class Alert(Base):
     """One announcement of a discrepancy state change on one channel, and its delivery.
 
     Rows are written in the reconciling transaction (a transactional outbox) and delivered
-    after commit by :func:`inventory.alerts.deliver_pending`.
+    after commit by :func:`inventory.sinks.deliver_pending`. A dispatcher that is sending an
+    alert holds a claim on it (``claimed_by``, a run token, and ``claimed_at``); a claim older
+    than the dispatcher's time-to-live belongs to a dispatcher that died and may be taken over.
     """
 
     __tablename__ = "alert"
@@ -337,12 +348,14 @@ class Alert(Base):
     discrepancy_id: Mapped[int] = mapped_column(sa.ForeignKey("discrepancy.id", ondelete="CASCADE"), index=True)
     channel: Mapped[str] = mapped_column(sa.String(32))
     state_change: Mapped[AlertStateChange] = mapped_column(_enum(AlertStateChange, "alert_state_change"))
-    payload: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    payload: Mapped[dict[str, Any]] = mapped_column(sa.JSON().with_variant(postgresql.JSONB(), "postgresql"))
     delivery_status: Mapped[DeliveryStatus] = mapped_column(
         _enum(DeliveryStatus, "delivery_status"), default=DeliveryStatus.PENDING
     )
     attempts: Mapped[int] = mapped_column(default=0)
     last_error: Mapped[str | None] = mapped_column(sa.Text)
+    claimed_by: Mapped[str | None] = mapped_column(sa.String(64))
+    claimed_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column()
 
@@ -358,12 +371,14 @@ class StockAdjustment(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     location_id: Mapped[int] = mapped_column(sa.ForeignKey("location.id", ondelete="RESTRICT"))
-    sku_id: Mapped[int] = mapped_column(sa.ForeignKey("sku.id", ondelete="RESTRICT"))
+    sku_id: Mapped[int] = mapped_column(sa.ForeignKey("sku.id", ondelete="RESTRICT"), index=True)
     from_quantity: Mapped[int | None] = mapped_column(sa.BigInteger)
     to_quantity: Mapped[int] = mapped_column(sa.BigInteger)
     reason: Mapped[str] = mapped_column(sa.String(255))
     actor: Mapped[str] = mapped_column(sa.String(128))
-    discrepancy_id: Mapped[int | None] = mapped_column(sa.ForeignKey("discrepancy.id", ondelete="SET NULL"))
+    discrepancy_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("discrepancy.id", ondelete="SET NULL"), index=True
+    )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (sa.Index("ix_stock_adjustment_location_id_sku_id", "location_id", "sku_id"),)

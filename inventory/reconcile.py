@@ -35,18 +35,23 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from inventory import alerts
-from inventory.db import utcnow
-from inventory.errors import InvalidStateError, NotFoundError, UnknownLocationError, UnknownSkuError
+from inventory.db import dialect_insert, utcnow
+from inventory.errors import (
+    InvalidStateError,
+    NaiveDatetimeError,
+    NotFoundError,
+    UnknownLocationError,
+    UnknownSkuError,
+)
 from inventory.models import (
     AlertStateChange,
     Discrepancy,
@@ -137,6 +142,49 @@ class ObservedCount:
     confidence: float = 1.0
 
 
+@dataclass(frozen=True)
+class ScanRecord:
+    """A processed scan to record: one picture (or one manual count) of one location.
+
+    Attributes:
+        location_code: where the picture was taken.
+        captured_at: aware capture time (stored as UTC).
+        image_sha256: hex digest of the encoded picture (for a manual count, of its rows).
+        image_size_bytes: size of the encoded picture.
+        source: where it came from (camera id, path, upload, count file).
+        observations: counted facings per SKU; at most one entry per SKU.
+        unknown_facings: detected items no SKU was recognised for.
+        width_px, height_px: upright picture size.
+        detector_version, classifier_version: model versions that produced the counts.
+    """
+
+    location_code: str
+    captured_at: datetime
+    image_sha256: str
+    image_size_bytes: int
+    source: str
+    observations: Sequence[ObservedCount] = ()
+    unknown_facings: int = 0
+    width_px: int | None = None
+    height_px: int | None = None
+    detector_version: str | None = None
+    classifier_version: str | None = None
+
+    def key(self) -> tuple[str, str, datetime]:
+        """Idempotency key: (image_sha256, location_code, captured_at in UTC)."""
+        return (self.image_sha256, self.location_code, self.captured_at.astimezone(UTC))
+
+    def validate(self) -> None:
+        """Raise ValueError / NaiveDatetimeError for inputs no database could store meaningfully."""
+        if self.captured_at.tzinfo is None or self.captured_at.utcoffset() is None:
+            raise NaiveDatetimeError(f"captured_at {self.captured_at.isoformat()} has no UTC offset")
+        codes = [o.sku_code for o in self.observations]
+        if len(set(codes)) != len(codes):
+            raise ValueError(f"observations of the scan at {self.location_code} list a SKU more than once")
+        if self.unknown_facings < 0 or any(o.facings < 0 for o in self.observations):
+            raise ValueError("facings must be >= 0")
+
+
 @dataclass
 class ReconcileOutcome:
     """What reconciling one scan changed.
@@ -158,142 +206,135 @@ class ReconcileOutcome:
     alert_ids: list[int] = field(default_factory=list)
 
 
-def _insert(session: Session) -> type[sa.Insert]:
-    name = session.get_bind().dialect.name
-    if name == "postgresql":
-        return postgresql.insert  # type: ignore[return-value]
-    if name == "sqlite":
-        return sqlite.insert  # type: ignore[return-value]
-    raise NotImplementedError(f"dialect {name!r} is not supported (SQLite and PostgreSQL are)")
-
-
-def get_location(session: Session, location_code: str, *, for_update: bool = False) -> Location:
+def get_location(session: Session, location_code: str) -> Location:
     """Load a location by code.
 
     Raises:
         UnknownLocationError: no such location.
     """
-    stmt = sa.select(Location).where(Location.location_code == location_code)
-    if for_update:
-        stmt = stmt.with_for_update()
-    location = session.scalars(stmt).one_or_none()
+    location = session.scalars(sa.select(Location).where(Location.location_code == location_code)).one_or_none()
     if location is None:
         raise UnknownLocationError(f"unknown location_code {location_code!r}")
     return location
 
 
-def sku_ids(session: Session, sku_codes: Sequence[str]) -> dict[str, int]:
+def sku_ids(session: Session, sku_codes: Iterable[str]) -> dict[str, int]:
     """Map SKU codes to ids.
 
     Raises:
         UnknownSkuError: naming every code not in the SKU master.
     """
     wanted = set(sku_codes)
-    found = dict(session.execute(sa.select(Sku.sku_code, Sku.id).where(Sku.sku_code.in_(wanted))).tuples().all())
+    if not wanted:
+        return {}
+    found: dict[str, int] = dict(session.execute(sa.select(Sku.sku_code, Sku.id).where(Sku.sku_code.in_(wanted))).all())
     missing = sorted(wanted - found.keys())
     if missing:
         raise UnknownSkuError(f"unknown sku_code(s): {', '.join(missing)}")
     return found
 
 
-def record_scan(
-    session: Session,
-    *,
-    location_code: str,
-    captured_at: datetime,
-    image_sha256: str,
-    image_size_bytes: int,
-    source: str,
-    observations: Sequence[ObservedCount] = (),
-    unknown_facings: int = 0,
-    width_px: int | None = None,
-    height_px: int | None = None,
-    detector_version: str | None = None,
-    classifier_version: str | None = None,
-) -> tuple[Scan, bool]:
-    """Store a processed scan and its observations, once (does not commit).
+def record_scans(session: Session, *, scans: Sequence[ScanRecord]) -> list[tuple[int, bool]]:
+    """Store processed scans and their observations, each once (does not commit).
 
-    The scan is keyed by (``image_sha256``, location, ``captured_at``): recording the same
-    picture again, even concurrently, returns the existing scan and writes nothing.
-    Facings become units by the location's facing rule.
+    A scan is keyed by (``image_sha256``, location, ``captured_at``): recording the same picture
+    again, even concurrently, returns the existing scan and writes nothing
+    (``INSERT ... ON CONFLICT DO NOTHING``). Facings become units by the location's facing rule.
+    The whole batch costs a fixed number of statements, whatever its size.
 
     Args:
         session: the caller's session (it owns the transaction).
-        location_code: where the picture was taken.
-        captured_at: aware capture time (stored as UTC).
-        image_sha256: hex digest of the encoded picture.
-        image_size_bytes: size of the encoded picture.
-        source: where it came from (camera id, path, upload).
-        observations: counted facings per SKU; at most one entry per SKU.
-        unknown_facings: detected items no SKU was recognised for.
-        width_px, height_px: upright picture size.
-        detector_version, classifier_version: model versions that produced the counts.
+        scans: what to record.
 
     Returns:
-        ``(scan, created)``: ``created`` is False when the scan already existed.
+        ``(scan_id, created)`` per input, in input order; ``created`` is False for a scan that
+        already existed (or appears earlier in the same batch).
 
     Raises:
-        UnknownLocationError, UnknownSkuError: for codes not in the master data.
-        ValueError: a SKU listed twice, or a negative count.
-        NaiveDatetimeError: ``captured_at`` has no UTC offset.
+        UnknownLocationError, UnknownSkuError: codes not in the master data (nothing written).
+        ValueError: a SKU listed twice in one scan, or a negative count.
+        NaiveDatetimeError: a ``captured_at`` without UTC offset.
     """
-    codes = [o.sku_code for o in observations]
-    if len(set(codes)) != len(codes):
-        raise ValueError("observations list a SKU more than once")
-    if unknown_facings < 0 or any(o.facings < 0 for o in observations):
-        raise ValueError("facings must be >= 0")
-    location = get_location(session, location_code)
-    ids = sku_ids(session, codes) if codes else {}
+    if not scans:
+        return []
+    for record in scans:
+        record.validate()
+    codes = {r.location_code for r in scans}
+    locations = {loc.location_code: loc for loc in session.scalars(
+        sa.select(Location).where(Location.location_code.in_(codes)))}
+    missing = sorted(codes - locations.keys())
+    if missing:
+        raise UnknownLocationError(f"unknown location_code(s): {', '.join(missing)}")
+    skus = sku_ids(session, (o.sku_code for r in scans for o in r.observations))
     now = utcnow()
+    unique = list({r.key(): r for r in reversed(scans)}.values())[::-1]  # first occurrence wins
+    rows = [
+        {
+            "location_id": locations[r.location_code].id,
+            "captured_at": r.captured_at,
+            "image_sha256": r.image_sha256,
+            "image_size_bytes": r.image_size_bytes,
+            "width_px": r.width_px,
+            "height_px": r.height_px,
+            "source": r.source,
+            "detector_version": r.detector_version,
+            "classifier_version": r.classifier_version,
+            "status": ScanStatus.PROCESSED,
+            "unknown_facings": r.unknown_facings,
+            "created_at": now,
+            "processed_at": now,
+        }
+        for r in unique
+    ]
+    code_of = {loc.id: code for code, loc in locations.items()}
     stmt = (
-        _insert(session)(Scan)
-        .values(
-            location_id=location.id,
-            captured_at=captured_at,
-            image_sha256=image_sha256,
-            image_size_bytes=image_size_bytes,
-            width_px=width_px,
-            height_px=height_px,
-            source=source,
-            detector_version=detector_version,
-            classifier_version=classifier_version,
-            status=ScanStatus.PROCESSED,
-            unknown_facings=unknown_facings,
-            created_at=now,
-            processed_at=now,
-        )
+        dialect_insert(session, Scan)
         .on_conflict_do_nothing(index_elements=["image_sha256", "location_id", "captured_at"])
-        .returning(Scan.id)
+        .returning(Scan.id, Scan.image_sha256, Scan.location_id, Scan.captured_at)
     )
-    scan_id = session.scalar(stmt)
-    created = scan_id is not None
-    if not created:
-        existing = session.scalars(
-            sa.select(Scan).where(
-                Scan.image_sha256 == image_sha256,
-                Scan.location_id == location.id,
-                Scan.captured_at == captured_at,
+    created: dict[tuple[str, str, datetime], int] = {
+        (sha, code_of[location_id], captured): scan_id
+        for scan_id, sha, location_id, captured in session.execute(stmt, rows).all()
+    }
+    ids = dict(created)
+    if len(created) < len(unique):
+        for scan_id, sha, location_id, captured in session.execute(
+            sa.select(Scan.id, Scan.image_sha256, Scan.location_id, Scan.captured_at).where(
+                Scan.image_sha256.in_({r.image_sha256 for r in unique if r.key() not in created}),
+                Scan.location_id.in_([loc.id for loc in locations.values()]),
             )
-        ).one()
-        return existing, False
+        ).all():
+            ids.setdefault((sha, code_of[location_id], captured), scan_id)
+    observations = [
+        {
+            "scan_id": created[r.key()],
+            "sku_id": skus[o.sku_code],
+            "facings": o.facings,
+            "quantity": locations[r.location_code].facings_to_units(o.facings),
+            "confidence": o.confidence,
+        }
+        for r in unique
+        if r.key() in created
+        for o in r.observations
+    ]
     if observations:
-        session.execute(
-            sa.insert(Observation),
-            [
-                {
-                    "scan_id": scan_id,
-                    "sku_id": ids[o.sku_code],
-                    "facings": o.facings,
-                    "quantity": location.facings_to_units(o.facings),
-                    "confidence": o.confidence,
-                }
-                for o in observations
-            ],
-        )
-    scan = session.get(Scan, scan_id)
-    if scan is None:  # pragma: no cover - just inserted in this transaction
-        raise NotFoundError(f"scan {scan_id} vanished")
-    return scan, True
+        session.execute(sa.insert(Observation), observations)
+    out = []
+    seen: set[tuple[str, str, datetime]] = set()
+    for r in scans:
+        key = r.key()
+        out.append((ids[key], key in created and key not in seen))
+        seen.add(key)
+    return out
+
+
+def record_scan(session: Session, *, scan: ScanRecord) -> tuple[int, bool]:
+    """Store one processed scan and its observations, once (see :func:`record_scans`).
+
+    Returns:
+        ``(scan_id, created)``.
+    """
+    return record_scans(session, scans=[scan])[0]
 
 
 def reconcile_scan(
@@ -303,115 +344,172 @@ def reconcile_scan(
     policy: ReconcilePolicy,
     channels: Sequence[str] = (),
 ) -> ReconcileOutcome:
-    """Reconcile one processed scan against the book of its location (does not commit).
+    """Reconcile one processed scan against the book of its location (see :func:`reconcile_scans`)."""
+    return reconcile_scans(session, scan_ids=[scan_id], policy=policy, channels=channels)[0]
 
-    Locks the location row for the rest of the transaction, so concurrent reconciliations of
-    one location run one after the other. Idempotent: a scan already reconciled changes nothing.
+
+@dataclass
+class _Pending:
+    """Discrepancies touched by one scan, turned into ids once flushed."""
+
+    outcome: ReconcileOutcome
+    opened: list[Discrepancy] = field(default_factory=list)
+    updated: list[Discrepancy] = field(default_factory=list)
+    resolved: list[Discrepancy] = field(default_factory=list)
+    changes: list[alerts.StateChange] = field(default_factory=list)
+
+
+def reconcile_scans(
+    session: Session,
+    *,
+    scan_ids: Sequence[int],
+    policy: ReconcilePolicy,
+    channels: Sequence[str] = (),
+) -> list[ReconcileOutcome]:
+    """Reconcile processed scans against the book of their locations (does not commit).
+
+    Locks the scans' location rows (in id order, so concurrent batches cannot deadlock) for the
+    rest of the transaction: concurrent reconciliations of one location run one after the
+    other. Scans are applied in capture order; a scan captured before one already reconciled at
+    its location is ``stale`` and changes nothing. Idempotent: a scan reconciled before changes
+    nothing (``already_reconciled``). The batch costs a fixed number of statements.
 
     Args:
         session: the caller's session (it owns the transaction).
-        scan_id: a scan with status ``processed``.
+        scan_ids: scans with status ``processed`` (duplicates are reconciled once).
         policy: tolerances and hysteresis.
         channels: alert channels to write state-change alerts for.
 
     Returns:
-        What changed.
+        One outcome per distinct scan id, in input order.
 
     Raises:
-        NotFoundError: no such scan.
-        InvalidStateError: the scan is not ``processed`` (rejected scans never reconcile).
+        NotFoundError: a scan does not exist (nothing changed).
+        InvalidStateError: a scan is not ``processed`` (rejected scans never reconcile).
     """
-    scan = session.get(Scan, scan_id)
-    if scan is None:
-        raise NotFoundError(f"scan {scan_id} not found")
-    if scan.status is not ScanStatus.PROCESSED:
-        raise InvalidStateError(f"scan {scan_id} is {scan.status.value}; only processed scans are reconciled")
-    location = session.scalars(
-        sa.select(Location).where(Location.id == scan.location_id).with_for_update()
-    ).one()
-    session.refresh(scan)  # re-read under the lock: another transaction may have reconciled it
-    outcome = ReconcileOutcome(scan_id=scan_id)
-    if scan.reconciled_at is not None:
-        outcome.already_reconciled = True
-        return outcome
-    now = utcnow()
-    scan.reconciled_at = now
-    if location.reconciled_through is not None and scan.captured_at < location.reconciled_through:
-        outcome.stale = True
-        logger.info("scan_id=%s captured %s before location %s was last reconciled (%s): stale",
-                    scan_id, scan.captured_at, location.location_code, location.reconciled_through)
-        return outcome
-    location.reconciled_through = scan.captured_at
-
-    observed: dict[int | None, int] = dict(
-        session.execute(
-            sa.select(Observation.sku_id, Observation.quantity).where(Observation.scan_id == scan_id)
-        ).tuples().all()
+    ids = list(dict.fromkeys(scan_ids))
+    if not ids:
+        return []
+    location_of: dict[int, int] = dict(
+        session.execute(sa.select(Scan.id, Scan.location_id).where(Scan.id.in_(ids))).all()
     )
-    book: dict[int | None, int] = dict(
-        session.execute(
-            sa.select(StockLevel.sku_id, StockLevel.quantity).where(StockLevel.location_id == location.id)
-        ).tuples().all()
-    )
-    active: dict[int | None, Discrepancy] = {
-        d.sku_id: d
-        for d in session.scalars(
-            sa.select(Discrepancy)
-            .where(Discrepancy.location_id == location.id, Discrepancy.status != DiscrepancyStatus.RESOLVED)
-            .with_for_update()
+    missing = [i for i in ids if i not in location_of]
+    if missing:
+        raise NotFoundError(f"scan(s) not found: {', '.join(map(str, missing))}")
+    location_ids = sorted(set(location_of.values()))
+    locations = {
+        loc.id: loc
+        for loc in session.scalars(
+            sa.select(Location)
+            .where(Location.id.in_(location_ids))
+            .order_by(Location.id)
+            .with_for_update(key_share=True)
+            .execution_options(populate_existing=True)
         )
     }
-    keys = sorted(set(book) | set(observed) | {k for k in active if k is not None})
-    verdicts: list[tuple[int | None, DiscrepancyKind | None, int | None, int]] = []
-    for sku_id in keys:
-        expected = book.get(sku_id)
-        seen = observed.get(sku_id, 0)
-        verdicts.append((sku_id, classify(expected, seen, policy), expected, seen))
-    unknown_kind = (
-        DiscrepancyKind.UNKNOWN_PRODUCT if scan.unknown_facings > policy.unknown_tolerance_facings else None
-    )
-    verdicts.append((None, unknown_kind, 0, scan.unknown_facings))
+    # Read the scans under the location locks: another transaction may have reconciled them.
+    scans = {
+        scan.id: scan
+        for scan in session.scalars(
+            sa.select(Scan).where(Scan.id.in_(ids)).execution_options(populate_existing=True)
+        )
+    }
+    for scan in scans.values():
+        if scan.status is not ScanStatus.PROCESSED:
+            raise InvalidStateError(f"scan {scan.id} is {scan.status.value}; only processed scans are reconciled")
+    observed: dict[int, dict[int, int]] = {i: {} for i in ids}
+    for scan_id, sku_id, quantity in session.execute(
+        sa.select(Observation.scan_id, Observation.sku_id, Observation.quantity).where(Observation.scan_id.in_(ids))
+    ).all():
+        observed[scan_id][sku_id] = quantity
+    book: dict[int, dict[int, int]] = {i: {} for i in location_ids}
+    for location_id, sku_id, quantity in session.execute(
+        sa.select(StockLevel.location_id, StockLevel.sku_id, StockLevel.quantity).where(
+            StockLevel.location_id.in_(location_ids)
+        )
+    ).all():
+        book[location_id][sku_id] = quantity
+    active: dict[tuple[int, int | None], Discrepancy] = {
+        (d.location_id, d.sku_id): d
+        for d in session.scalars(
+            sa.select(Discrepancy)
+            .where(Discrepancy.location_id.in_(location_ids), Discrepancy.status != DiscrepancyStatus.RESOLVED)
+            .order_by(Discrepancy.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    }
 
-    for sku_id, kind, expected, seen in verdicts:
-        current = active.get(sku_id)
-        changes = _apply(session, current, kind, expected, seen, location=location, scan=scan,
-                         sku_id=sku_id, policy=policy, outcome=outcome)
-        for discrepancy, state_change in changes:
-            outcome.alert_ids.extend(
-                a.id for a in alerts.enqueue(session, discrepancy=discrepancy, state_change=state_change,
-                                             channels=channels)
-            )
+    now = utcnow()
+    pending = {i: _Pending(ReconcileOutcome(scan_id=i)) for i in ids}
+    for scan in sorted(scans.values(), key=lambda s: (s.captured_at, s.id)):
+        work = pending[scan.id]
+        if scan.reconciled_at is not None:
+            work.outcome.already_reconciled = True
+            continue
+        scan.reconciled_at = now
+        location = locations[scan.location_id]
+        if location.reconciled_through is not None and scan.captured_at < location.reconciled_through:
+            work.outcome.stale = True
+            logger.info("scan_id=%s captured %s before location %s was last reconciled (%s): stale",
+                        scan.id, scan.captured_at, location.location_code, location.reconciled_through)
+            continue
+        location.reconciled_through = scan.captured_at
+        seen = observed[scan.id]
+        stocked = book[location.id]
+        keys = sorted({k for (loc, k) in active if loc == location.id and k is not None} | seen.keys() | stocked.keys())
+        verdicts: list[tuple[int | None, DiscrepancyKind | None, int | None, int]] = [
+            (key, classify(stocked.get(key), seen.get(key, 0), policy), stocked.get(key), seen.get(key, 0))
+            for key in keys
+        ]
+        unknown_kind = (
+            DiscrepancyKind.UNKNOWN_PRODUCT if scan.unknown_facings > policy.unknown_tolerance_facings else None
+        )
+        verdicts.append((None, unknown_kind, 0, scan.unknown_facings))
+        for verdict_sku, kind, expected, counted in verdicts:
+            _advance(session, active, work, kind, expected, counted,
+                     location=location, scan=scan, sku_id=verdict_sku, policy=policy)
+
     session.flush()
-    return outcome
+    changes = [change for work in pending.values() for change in work.changes]
+    written = alerts.enqueue(session, changes=changes, channels=channels) if changes else []
+    by_change = iter(written)
+    for work in pending.values():
+        work.outcome.opened = [d.id for d in work.opened]
+        work.outcome.updated = [d.id for d in work.updated]
+        work.outcome.resolved = [d.id for d in work.resolved]
+        work.outcome.alert_ids = [next(by_change).id for _ in work.changes for _ in channels]
+    return [pending[i].outcome for i in ids]
 
 
-def _apply(
+def _advance(
     session: Session,
-    current: Discrepancy | None,
+    active: dict[tuple[int, int | None], Discrepancy],
+    work: _Pending,
     kind: DiscrepancyKind | None,
     expected: int | None,
-    seen: int,
+    counted: int,
     *,
     location: Location,
     scan: Scan,
     sku_id: int | None,
     policy: ReconcilePolicy,
-    outcome: ReconcileOutcome,
-) -> list[tuple[Discrepancy, AlertStateChange]]:
-    """Advance one (location, SKU) through the discrepancy lifecycle; return alerts to write."""
-    k = policy.confirm_after_scans
+) -> None:
+    """Advance one (location, SKU) through the discrepancy lifecycle for one scan."""
+    current = active.get((location.id, sku_id))
     if kind is None:
         if current is None:
-            return []
+            return
+        # Expected, observed and evidence stay those of the last disagreeing scan.
         current.status = DiscrepancyStatus.RESOLVED
         current.resolution = Resolution.AGREED
         current.resolved_at = scan.captured_at
         current.resolved_by = "reconciliation"
-        current.evidence_scan_id = scan.id
-        current.expected_quantity = expected
-        current.observed_quantity = seen
-        outcome.resolved.append(current.id)
-        return [(current, AlertStateChange.RESOLVED)] if current.alerted_kind is not None else []
+        del active[(location.id, sku_id)]
+        work.resolved.append(current)
+        if current.alerted_kind is not None:
+            work.changes.append(alerts.StateChange.of(current, AlertStateChange.RESOLVED, location.location_code))
+        return
     if current is None:
         current = Discrepancy(
             location_id=location.id,
@@ -419,15 +517,15 @@ def _apply(
             kind=kind,
             status=DiscrepancyStatus.OPEN,
             expected_quantity=expected,
-            observed_quantity=seen,
+            observed_quantity=counted,
             first_seen_at=scan.captured_at,
             last_seen_at=scan.captured_at,
             consecutive_scans=1,
             evidence_scan_id=scan.id,
         )
         session.add(current)
-        session.flush()
-        outcome.opened.append(current.id)
+        active[(location.id, sku_id)] = current
+        work.opened.append(current)
     else:
         if current.kind is kind:
             current.consecutive_scans += 1
@@ -435,12 +533,11 @@ def _apply(
             current.kind = kind
             current.consecutive_scans = 1
         current.expected_quantity = expected
-        current.observed_quantity = seen
+        current.observed_quantity = counted
         current.last_seen_at = scan.captured_at
         current.evidence_scan_id = scan.id
-        outcome.updated.append(current.id)
-    if current.consecutive_scans >= k and current.alerted_kind is not kind:
+        work.updated.append(current)
+    if current.consecutive_scans >= policy.confirm_after_scans and current.alerted_kind is not kind:
         change = AlertStateChange.OPENED if current.alerted_kind is None else AlertStateChange.CHANGED
         current.alerted_kind = kind
-        return [(current, change)]
-    return []
+        work.changes.append(alerts.StateChange.of(current, change, location.location_code))

@@ -1,0 +1,452 @@
+"""The ``shelftally`` command line (typer + rich).
+
+Every query takes ``--json`` and then prints one JSON document on stdout and nothing else.
+Errors print the machine-readable reason and exit with status 1 (2 for usage errors).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from sqlalchemy.orm import Session, sessionmaker
+
+import migrations
+from inventory import adjustments, queries
+from inventory.cycle_counts import parse_time, record_cycle_counts
+from inventory.db import create_engine, run_in_transaction, session_factory
+from inventory.errors import ImportFileError
+from inventory.imports import ImportResult, import_locations, import_skus, import_stock
+from inventory.models import DiscrepancyKind, DiscrepancyStatus
+from inventory.reconcile import ReconcileOutcome
+from inventory.sinks import AlertSink, DeliveryReport, LogSink, WebhookSink, deliver_pending
+from shelftally.errors import ShelfTallyError
+from workers.report import print_counts, print_discrepancies
+from workers.settings import Settings, mask_url
+
+T = TypeVar("T")
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="ShelfTally: stock counts from pictures.")
+db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
+import_app = typer.Typer(no_args_is_help=True, help="Import WMS files (CSV). Nothing of a bad file is applied.")
+discrepancies_app = typer.Typer(help="List and review discrepancies.")
+adjust_app = typer.Typer(no_args_is_help=True, help="Stock adjustments.")
+alerts_app = typer.Typer(no_args_is_help=True, help="Alert delivery.")
+app.add_typer(db_app, name="db")
+app.add_typer(import_app, name="import")
+app.add_typer(discrepancies_app, name="discrepancies")
+app.add_typer(adjust_app, name="adjust")
+app.add_typer(alerts_app, name="alerts")
+
+console = Console()
+err_console = Console(stderr=True)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+ActorOption = Annotated[str, typer.Option("--actor", help="Who is acting (recorded in the ledger).")]
+
+
+def _default_actor() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+class Context:
+    """What every command needs, built once from :class:`Settings` in the entry point."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._factory: sessionmaker[Session] | None = None
+
+    @property
+    def factory(self) -> sessionmaker[Session]:
+        """Session factory on the configured database (engine created on first use)."""
+        if self._factory is None:
+            self._factory = session_factory(create_engine(self.settings.database_url))
+        return self._factory
+
+    def sinks(self) -> list[AlertSink]:
+        """Alert sinks for the configured channels."""
+        alerts = self.settings.alerts
+        sinks: list[AlertSink] = []
+        for channel in alerts.channels:
+            if channel == "log":
+                sinks.append(LogSink())
+            elif channel == "webhook" and alerts.webhook_url is not None:
+                sinks.append(
+                    WebhookSink(
+                        alerts.webhook_url.get_secret_value(),
+                        secret=alerts.webhook_secret,
+                        timeout_s=alerts.webhook_timeout_s,
+                    )
+                )
+        return sinks
+
+    def deliver_alerts(self) -> DeliveryReport:
+        """Deliver pending alerts on every configured channel."""
+        alerts = self.settings.alerts
+        return deliver_pending(
+            self.factory,
+            self.sinks(),
+            max_attempts=alerts.max_attempts,
+            backoff_s=alerts.backoff_s,
+            backoff_cap_s=alerts.backoff_cap_s,
+        )
+
+
+def _ctx(typer_ctx: typer.Context) -> Context:
+    obj = typer_ctx.find_root().obj
+    if not isinstance(obj, Context):  # pragma: no cover - set by the app callback
+        raise typer.Exit(2)
+    return obj
+
+
+def _fail(error: ShelfTallyError) -> None:
+    err_console.print(f"[bold red]error[/] ({error.reason}): {error}", highlight=False)
+    if isinstance(error, ImportFileError):
+        for line, reason in error.row_errors:
+            err_console.print(f"  line {line}: {reason}", highlight=False)
+
+
+def _run(typer_ctx: typer.Context, work: Callable[[Session], T]) -> T:
+    """Run one unit of work in a transaction; turn ShelfTally errors into exit status 1."""
+    try:
+        return run_in_transaction(_ctx(typer_ctx).factory, work)
+    except ShelfTallyError as error:
+        _fail(error)
+        raise typer.Exit(1) from error
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _time(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_time(value)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint=option) from error
+
+
+@app.callback()
+def main(
+    typer_ctx: typer.Context,
+    database_url: Annotated[
+        str | None, typer.Option("--database-url", help="Overrides SHELFTALLY_DATABASE_URL.", show_default=False)
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO.")] = False,
+) -> None:
+    """Settings come from SHELFTALLY_* environment variables and ./.env (see workers/settings.py)."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        settings = Settings() if database_url is None else Settings(database_url=database_url)
+    except ValueError as error:
+        err_console.print(f"[bold red]error[/] (invalid_configuration): {error}", highlight=False)
+        raise typer.Exit(2) from error
+    typer_ctx.obj = Context(settings)
+
+
+# ------------------------------------------------------------------------------------------ db
+
+
+@db_app.command("upgrade")
+def db_upgrade(typer_ctx: typer.Context, revision: str = "head") -> None:
+    """Create or migrate the schema to REVISION (default: the newest)."""
+    url = _ctx(typer_ctx).settings.database_url
+    migrations.upgrade(url, revision)
+    console.print(f"database {mask_url(url)} at revision {migrations.current(url)}", highlight=False)
+
+
+@db_app.command("current")
+def db_current(typer_ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """Show the schema revision of the database and the newest one this version knows."""
+    url = _ctx(typer_ctx).settings.database_url
+    data = {"database_url": mask_url(url), "current": migrations.current(url), "head": migrations.head()}
+    if as_json:
+        _print_json(data)
+    else:
+        console.print(data)
+
+
+# -------------------------------------------------------------------------------------- import
+
+
+def _import(
+    typer_ctx: typer.Context,
+    importer: Callable[..., ImportResult],
+    file: Path,
+    actor: str,
+    as_json: bool,
+) -> None:
+    result = _run(typer_ctx, lambda s: importer(s, file=file, actor=actor))
+    data = {
+        "file": result.file_name,
+        "rows_read": result.rows_read,
+        "inserted": result.inserted,
+        "updated": result.updated,
+        "unchanged": result.unchanged,
+    }
+    if as_json:
+        _print_json(data)
+    else:
+        console.print(
+            f"{result.file_name}: {result.rows_read} rows, {result.inserted} inserted, "
+            f"{result.updated} updated, {result.unchanged} unchanged",
+            highlight=False,
+        )
+
+
+FileArgument = Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)]
+
+
+@import_app.command("skus")
+def import_skus_cmd(
+    typer_ctx: typer.Context, file: FileArgument, actor: ActorOption = "wms_import", as_json: JsonOption = False
+) -> None:
+    """Upsert SKUs from a CSV (sku_code,name[,description,gtin])."""
+    _import(typer_ctx, import_skus, file, actor, as_json)
+
+
+@import_app.command("locations")
+def import_locations_cmd(
+    typer_ctx: typer.Context, file: FileArgument, actor: ActorOption = "wms_import", as_json: JsonOption = False
+) -> None:
+    """Upsert locations from a CSV (location_code,level,parent_code[,name,facing_rule,units_per_facing])."""
+    _import(typer_ctx, import_locations, file, actor, as_json)
+
+
+@import_app.command("stock")
+def import_stock_cmd(
+    typer_ctx: typer.Context, file: FileArgument, actor: ActorOption = "wms_import", as_json: JsonOption = False
+) -> None:
+    """Set book quantities from a CSV (location_code,sku_code,quantity); changes are audited."""
+    _import(typer_ctx, import_stock, file, actor, as_json)
+
+
+@import_app.command("counts")
+def import_counts_cmd(
+    typer_ctx: typer.Context, file: FileArgument, as_json: JsonOption = False
+) -> None:
+    """Record and reconcile a cycle count file (location_code,captured_at,sku_code,facings[,unknown_facings])."""
+    ctx = _ctx(typer_ctx)
+    policy = ctx.settings.reconcile.policy()
+    channels = tuple(ctx.settings.alerts.channels)
+
+    def work(session: Session) -> list[ReconcileOutcome]:
+        with file.open(encoding="utf-8", newline="") as handle:
+            return record_cycle_counts(
+                session, file=handle, source=f"cycle-count:{file.name}", policy=policy, channels=channels
+            )
+
+    outcomes = _run(typer_ctx, work)
+    report = ctx.deliver_alerts()
+    data = {
+        "scans": len(outcomes),
+        "stale": sum(o.stale for o in outcomes),
+        "already_recorded": sum(o.already_reconciled for o in outcomes),
+        "discrepancies_opened": sum(len(o.opened) for o in outcomes),
+        "discrepancies_resolved": sum(len(o.resolved) for o in outcomes),
+        "alerts_delivered": report.delivered,
+        "alerts_failed": report.failed,
+    }
+    if as_json:
+        _print_json(data)
+    else:
+        console.print(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in data.items()), highlight=False)
+
+
+# ------------------------------------------------------------------------------------- queries
+
+
+@app.command("counts")
+def counts_cmd(
+    typer_ctx: typer.Context,
+    location: Annotated[str | None, typer.Option("--location", help="Location code prefix.")] = None,
+    sku: Annotated[str | None, typer.Option("--sku", help="SKU code.")] = None,
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="Only scans captured at or before this ISO 8601 time (with offset).")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Book vs last observed quantity per location and SKU (by capture time)."""
+    when = _time(as_of, "--as-of")
+    rows = _run(typer_ctx, lambda s: queries.counts(s, location_prefix=location, sku_code=sku, as_of=when))
+    if as_json:
+        _print_json([r.to_dict() for r in rows])
+        return
+    print_counts(rows, console, when)
+
+
+def _parse_enums(values: Sequence[str] | None, enum: type[Any], option: str) -> list[Any]:
+    out = []
+    for value in values or ():
+        for part in value.split(","):
+            try:
+                out.append(enum(part.strip()))
+            except ValueError as error:
+                valid = ", ".join(m.value for m in enum)
+                raise typer.BadParameter(f"{part!r} is not one of {valid}", param_hint=option) from error
+    return out
+
+
+@discrepancies_app.callback(invoke_without_command=True)
+def discrepancies_cmd(
+    typer_ctx: typer.Context,
+    status: Annotated[
+        list[str] | None, typer.Option("--status", help="open, acknowledged, resolved (repeat or comma-separate).")
+    ] = None,
+    kind: Annotated[list[str] | None, typer.Option("--kind", help="Only these kinds.")] = None,
+    location: Annotated[str | None, typer.Option("--location", help="Location code prefix.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List discrepancies (default: open and acknowledged), newest first."""
+    if typer_ctx.invoked_subcommand is not None:
+        return
+    statuses = _parse_enums(status, DiscrepancyStatus, "--status") or [
+        DiscrepancyStatus.OPEN,
+        DiscrepancyStatus.ACKNOWLEDGED,
+    ]
+    kinds = _parse_enums(kind, DiscrepancyKind, "--kind")
+    k = _ctx(typer_ctx).settings.reconcile.confirm_after_scans
+    rows = _run(
+        typer_ctx,
+        lambda s: queries.discrepancies(
+            s, statuses=statuses, kinds=kinds, location_prefix=location, confirm_after_scans=k
+        ),
+    )
+    if as_json:
+        _print_json(rows)
+    else:
+        print_discrepancies(rows, console, f"Discrepancies ({', '.join(s.value for s in statuses)})")
+
+
+def _review(typer_ctx: typer.Context, action: Callable[[Session], Any], discrepancy_id: int, as_json: bool,
+            verb: str) -> None:
+    ctx = _ctx(typer_ctx)
+    _run(typer_ctx, action)
+    ctx.deliver_alerts()
+    (row,) = _run(
+        typer_ctx,
+        lambda s: [
+            r
+            for r in queries.discrepancies(s, statuses=list(DiscrepancyStatus))
+            if r["id"] == discrepancy_id
+        ],
+    )
+    if as_json:
+        _print_json(row)
+    else:
+        console.print(f"discrepancy {discrepancy_id} {verb}", highlight=False)
+
+
+@discrepancies_app.command("ack")
+def discrepancies_ack(
+    typer_ctx: typer.Context, discrepancy_id: int, actor: ActorOption = "", as_json: JsonOption = False
+) -> None:
+    """Acknowledge an open discrepancy (it stays tracked)."""
+    who = actor or _default_actor()
+    _review(typer_ctx, lambda s: adjustments.acknowledge(s, discrepancy_id=discrepancy_id, actor=who),
+            discrepancy_id, as_json, "acknowledged")
+
+
+@discrepancies_app.command("resolve")
+def discrepancies_resolve(
+    typer_ctx: typer.Context, discrepancy_id: int, actor: ActorOption = "", as_json: JsonOption = False
+) -> None:
+    """Resolve a discrepancy without changing the book."""
+    who = actor or _default_actor()
+    channels = tuple(_ctx(typer_ctx).settings.alerts.channels)
+    _review(
+        typer_ctx,
+        lambda s: adjustments.resolve(s, discrepancy_id=discrepancy_id, actor=who, channels=channels),
+        discrepancy_id,
+        as_json,
+        "resolved",
+    )
+
+
+@adjust_app.command("approve")
+def adjust_approve(
+    typer_ctx: typer.Context,
+    discrepancy_id: int,
+    actor: ActorOption = "",
+    reason: Annotated[str | None, typer.Option(help="Recorded in the ledger.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Set the book to the observed quantity of a discrepancy and resolve it, audited, in one transaction."""
+    ctx = _ctx(typer_ctx)
+    who = actor or _default_actor()
+    channels = tuple(ctx.settings.alerts.channels)
+
+    def work(session: Session) -> dict[str, Any] | None:
+        entry = adjustments.approve(session, discrepancy_id=discrepancy_id, actor=who, reason=reason,
+                                    channels=channels)
+        if entry is None:
+            return None
+        return {
+            "adjustment_id": entry.id,
+            "discrepancy_id": discrepancy_id,
+            "from_quantity": entry.from_quantity,
+            "to_quantity": entry.to_quantity,
+            "actor": entry.actor,
+            "reason": entry.reason,
+            "created_at": entry.created_at.isoformat(),
+        }
+
+    data = _run(typer_ctx, work)
+    ctx.deliver_alerts()
+    if as_json:
+        _print_json(data or {"discrepancy_id": discrepancy_id, "adjustment_id": None})
+    elif data is None:
+        console.print(f"discrepancy {discrepancy_id} resolved; the book already held the observed quantity")
+    else:
+        console.print(
+            f"adjustment {data['adjustment_id']}: book {data['from_quantity']} -> {data['to_quantity']}, "
+            f"discrepancy {discrepancy_id} resolved",
+            highlight=False,
+        )
+
+
+@alerts_app.command("deliver")
+def alerts_deliver(typer_ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """Deliver pending alerts on the configured channels (retries with capped backoff)."""
+    report = _ctx(typer_ctx).deliver_alerts()
+    data = {"delivered": report.delivered_ids, "failed": report.failed_ids}
+    if as_json:
+        _print_json(data)
+    else:
+        console.print(f"{report.delivered} delivered, {report.failed} failed", highlight=False)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@app.command("demo")
+def demo_cmd(
+    typer_ctx: typer.Context,
+    workdir: Annotated[Path, typer.Option(help="Where the demo database is made (emptied first).")] = Path(
+        "shelftally-demo"
+    ),
+) -> None:
+    """Build a small demo warehouse from the shipped CSVs, reconcile two rounds of counts, print the report."""
+    from workers.demo import run_demo
+
+    try:
+        run_demo(workdir, console=console, settings=_ctx(typer_ctx).settings)
+    except ShelfTallyError as error:
+        _fail(error)
+        raise typer.Exit(1) from error
