@@ -42,6 +42,7 @@ from decimal import Decimal
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from inventory import alerts
 from inventory.db import dialect_insert, utcnow
@@ -442,12 +443,20 @@ def reconcile_scans(
 
     now = utcnow()
     pending = {i: _Pending(ReconcileOutcome(scan_id=i)) for i in ids}
+    fresh = [scan for scan in scans.values() if scan.reconciled_at is None]
+    fresh_set = set(fresh)
+    if fresh:  # one UPDATE for the batch instead of one per scan from the unit of work
+        session.execute(
+            sa.update(Scan).where(Scan.id.in_([scan.id for scan in fresh])).values(reconciled_at=now),
+            execution_options={"synchronize_session": False},
+        )
+        for scan in fresh:
+            set_committed_value(scan, "reconciled_at", now)
     for scan in sorted(scans.values(), key=lambda s: (s.captured_at, s.id)):
         work = pending[scan.id]
-        if scan.reconciled_at is not None:
+        if scan not in fresh_set:
             work.outcome.already_reconciled = True
             continue
-        scan.reconciled_at = now
         location = locations[scan.location_id]
         if location.reconciled_through is not None and scan.captured_at < location.reconciled_through:
             work.outcome.stale = True

@@ -55,6 +55,7 @@ from inventory.errors import InventoryError
 from inventory.models import Alert, DeliveryStatus
 from shelftally import __version__
 from shelftally.errors import ConfigurationError
+from shelftally.redact import mask_url
 
 logger = logging.getLogger(__name__)
 
@@ -130,22 +131,6 @@ class LogSink:
 
     def __repr__(self) -> str:
         return f"LogSink(name={self.name!r})"
-
-
-def mask_url(url: str | httpx.URL) -> str:
-    """Return ``url`` fit for logs: user name and password become ``***``, a query becomes ``***``.
-
-    ``https://bob:pw@example.com/hook?token=t`` -> ``https://***:***@example.com/hook?***``.
-    Secrets carried in the path itself (as in some chat webhooks) are not recognizable and stay.
-    """
-    parsed = httpx.URL(url)
-    shown = parsed.copy_with(username=None, password=None, query=None, fragment=None)
-    text = str(shown)
-    if parsed.userinfo:
-        text = text.replace("://", "://***:***@", 1)
-    if parsed.query:
-        text += "?***"
-    return text
 
 
 class WebhookSink:

@@ -29,8 +29,9 @@ from inventory.models import DiscrepancyKind, DiscrepancyStatus
 from inventory.reconcile import ReconcileOutcome
 from inventory.sinks import AlertSink, DeliveryReport, LogSink, WebhookSink, deliver_pending
 from shelftally.errors import ShelfTallyError
+from shelftally.redact import mask_url
 from workers.report import print_counts, print_discrepancies
-from workers.settings import Settings, mask_url
+from workers.settings import Settings
 
 T = TypeVar("T")
 
@@ -46,8 +47,9 @@ app.add_typer(discrepancies_app, name="discrepancies")
 app.add_typer(adjust_app, name="adjust")
 app.add_typer(alerts_app, name="alerts")
 
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (files, CI logs) gets wide tables instead of rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 ActorOption = Annotated[str, typer.Option("--actor", help="Who is acting (recorded in the ledger).")]

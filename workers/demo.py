@@ -76,7 +76,7 @@ def run_demo(workdir: Path, *, console: Console, settings: Settings) -> Path:
     outcomes = run_in_transaction(factory, record)
     report = deliver_pending(factory, [LogSink()])
     console.print(
-        f"reconciled {len(outcomes)} scans of {len({o.scan_id for o in outcomes})} pictures/counts: "
+        f"reconciled {len(outcomes)} scans (one per shelf and count round): "
         f"{sum(len(o.opened) for o in outcomes)} discrepancies opened, "
         f"{sum(len(o.resolved) for o in outcomes)} resolved by a later count, "
         f"{report.delivered} alerts delivered (log)",

@@ -11,7 +11,6 @@ from __future__ import annotations
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -95,18 +94,3 @@ class Settings(BaseSettings):
     models: ModelSettings = Field(default_factory=ModelSettings)
     reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
-
-
-def mask_url(url: str) -> str:
-    """Hide the password of a URL for display: ``postgresql://bob:***@db:5432/x``.
-
-    A URL without credentials is returned unchanged; a user name without password is kept.
-    """
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    netloc = f"{parts.username or ''}:***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

@@ -31,7 +31,6 @@ from inventory.sinks import (
     WebhookSink,
     backoff_delay,
     deliver_pending,
-    mask_url,
 )
 from shelftally import __version__
 from shelftally.errors import ConfigurationError
@@ -767,18 +766,6 @@ def test_webhook_configuration_errors(url: str, kwargs: dict[str, Any], reason: 
     with pytest.raises(ConfigurationError) as caught:
         WebhookSink(url, **kwargs)
     assert caught.value.reason == reason
-
-
-@pytest.mark.parametrize(
-    ("url", "expected"),
-    [
-        ("https://example.com/hook", "https://example.com/hook"),
-        ("https://bob:pw@example.com:8443/hook", "https://***:***@example.com:8443/hook"),
-        ("https://token@example.com/hook?key=k", "https://***:***@example.com/hook?***"),
-    ],
-)
-def test_mask_url(url: str, expected: str) -> None:
-    assert mask_url(url) == expected
 
 
 @pytest.mark.parametrize(
