@@ -1,0 +1,82 @@
+"""Configure ultralytics so that it never touches the network.
+
+Measured on these machines (ENVIRONMENT.md): every import checks connectivity unless
+``YOLO_OFFLINE=1``; train/val fetch ``Arial.ttf`` unless a font already sits in the config dir;
+ONNX export without onnxslim tries a ``pip install`` unless ``YOLO_AUTOINSTALL=false``; the first
+settings file records whatever directory the process was in; OpenVINO export and ONNX Runtime
+look up telemetry hosts unless ``CI=true`` / ``ORT_DISABLE_TELEMETRY=1``.
+
+Call :func:`configure_offline` before the first ``import ultralytics`` of the process (every
+module of this package that imports ultralytics does it at call time, never at import time).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+_DONE: dict[str, Path] = {}
+
+
+def _font_source() -> Path | None:
+    candidates = [Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")]
+    try:
+        import matplotlib
+
+        candidates.append(Path(matplotlib.__file__).parent / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf")
+    except ImportError:
+        pass
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def configure_offline(config_dir: Path | None = None) -> Path:
+    """Set the environment and ultralytics settings for offline use; idempotent.
+
+    Args:
+        config_dir: where ultralytics keeps its settings, fonts, datasets and runs. Default:
+            ``$SHELFTALLY_ULTRALYTICS_DIR`` or ``~/.cache/shelftally/ultralytics``.
+
+    Returns:
+        The config directory used.
+    """
+    if "dir" in _DONE:
+        return _DONE["dir"]
+    root = config_dir or Path(
+        os.environ.get("SHELFTALLY_ULTRALYTICS_DIR", Path.home() / ".cache" / "shelftally" / "ultralytics")
+    )
+    root.mkdir(parents=True, exist_ok=True)
+    os.environ["YOLO_OFFLINE"] = "1"
+    os.environ["YOLO_AUTOINSTALL"] = "false"
+    os.environ["YOLO_VERBOSE"] = os.environ.get("YOLO_VERBOSE", "false")
+    os.environ["YOLO_CONFIG_DIR"] = str(root)
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("OPENVINO_TELEMETRY_OPT_OUT", "1")
+    fonts = root / "Ultralytics"
+    fonts.mkdir(parents=True, exist_ok=True)
+    source = _font_source()
+    if source is not None:
+        for name in ("Arial.ttf", "Arial.Unicode.ttf"):
+            if not (fonts / name).exists():
+                shutil.copyfile(source, fonts / name)
+    from ultralytics import settings
+
+    updates: dict[str, Any] = {
+        "datasets_dir": str(root / "datasets"),
+        "runs_dir": str(root / "runs"),
+        "weights_dir": str(root / "weights"),
+        "sync": False,
+        "hub": False,
+        "tensorboard": False,
+        "wandb": False,
+        "mlflow": False,
+        "clearml": False,
+        "comet": False,
+        "dvc": False,
+        "neptune": False,
+        "raytune": False,
+    }
+    settings.update({k: v for k, v in updates.items() if k in settings})
+    _DONE["dir"] = root
+    return root

@@ -1,0 +1,40 @@
+"""Errors raised by the detector package (all derive from :class:`shelftally.errors.ShelfTallyError`)."""
+
+from __future__ import annotations
+
+from shelftally.errors import MissingDependencyError, ShelfTallyError
+
+__all__ = [
+    "DatasetError",
+    "DetectorError",
+    "EngineIncompatibleError",
+    "MissingDependencyError",
+    "ModelLoadError",
+]
+
+
+class DetectorError(ShelfTallyError):
+    """Base class of detector errors."""
+
+    reason = "detector_error"
+
+
+class ModelLoadError(DetectorError):
+    """A model directory is missing files, or a file in it cannot be read by the backend."""
+
+    reason = "model_load_failed"
+
+
+class DatasetError(DetectorError):
+    """A training dataset cannot be used (no ``data.yaml``, no images, no classes)."""
+
+    reason = "invalid_dataset"
+
+
+class EngineIncompatibleError(DetectorError):
+    """A compiled TensorRT engine was built for another GPU or TensorRT version.
+
+    The message names the expected and the actual values; callers fall back to ONNX Runtime.
+    """
+
+    reason = "engine_incompatible"
