@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,7 @@ def configure_offline(config_dir: Path | None = None) -> Path:
         "neptune": False,
         "raytune": False,
     }
-    settings.update({k: v for k, v in updates.items() if k in settings})
+    update: Callable[[dict[str, Any]], None] = settings.update  # untyped in ultralytics
+    update({k: v for k, v in updates.items() if k in settings})
     _DONE["dir"] = root
     return root

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from shelftally.errors import EngineIncompatibleError as _EngineIncompatibleError
 from shelftally.errors import MissingDependencyError, ShelfTallyError
 
 __all__ = [
@@ -31,10 +32,12 @@ class DatasetError(DetectorError):
     reason = "invalid_dataset"
 
 
-class EngineIncompatibleError(DetectorError):
+class EngineIncompatibleError(DetectorError, _EngineIncompatibleError):
     """A compiled TensorRT engine was built for another GPU or TensorRT version.
 
     The message names the expected and the actual values; callers fall back to ONNX Runtime.
+    Also a :class:`shelftally.errors.EngineIncompatibleError` (what the shared engine cache
+    raises), so either ``except`` clause catches it.
     """
 
     reason = "engine_incompatible"

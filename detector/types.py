@@ -40,9 +40,12 @@ class Detections:
         n = xyxy.shape[0]
         confidence = np.asarray(self.confidence, dtype=np.float32).reshape(-1)
         class_id = np.asarray(self.class_id)
-        if class_id.size and not np.issubdtype(class_id.dtype, np.integer):
-            if not np.all(np.equal(np.mod(class_id, 1), 0)):
-                raise ValueError(f"class_id: expected integers, received dtype {class_id.dtype}")
+        if (
+            class_id.size
+            and not np.issubdtype(class_id.dtype, np.integer)
+            and not np.all(np.equal(np.mod(class_id, 1), 0))
+        ):
+            raise ValueError(f"class_id: expected integers, received dtype {class_id.dtype}")
         class_id = class_id.astype(np.int64).reshape(-1)
         if confidence.shape != (n,):
             raise ValueError(f"confidence: expected shape ({n},), received {confidence.shape}")

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from inventory import alerts
 from inventory.db import dialect_insert, utcnow
-from inventory.errors import InvalidStateError, NotFoundError
+from inventory.errors import InvalidInputError, InvalidStateError, NotFoundError
 from inventory.models import (
     AlertStateChange,
     Discrepancy,
@@ -60,8 +60,10 @@ def adjust_stock(
 
     Raises:
         UnknownLocationError, UnknownSkuError: codes not in the master data.
+        InvalidInputError: ``actor`` or ``reason`` too long or empty.
         sqlalchemy.exc.IntegrityError: the result would be negative (CHECK quantity >= 0).
     """
+    _check_text(actor, reason)
     location = get_location(session, location_code)
     sku_id = sku_ids(session, [sku_code])[sku_code]
     now = utcnow()
@@ -156,6 +158,20 @@ def set_stock(
     return ledger
 
 
+ACTOR_MAX = 128
+REASON_MAX = 255
+
+
+def _check_text(actor: str, reason: str | None = None) -> None:
+    """Refuse an actor or reason the ledger cannot store (PostgreSQL would refuse it mid-transaction)."""
+    if not actor.strip() or len(actor) > ACTOR_MAX or "\x00" in actor:
+        raise InvalidInputError(f"actor must be 1-{ACTOR_MAX} characters without NUL, got {len(actor)}",
+                                reason="invalid_actor")
+    if reason is not None and (len(reason) > REASON_MAX or "\x00" in reason):
+        raise InvalidInputError(f"reason must be at most {REASON_MAX} characters without NUL, got {len(reason)}",
+                                reason="invalid_reason")
+
+
 def _lock_discrepancy(session: Session, discrepancy_id: int) -> Discrepancy:
     discrepancy = session.scalars(
         sa.select(Discrepancy).where(Discrepancy.id == discrepancy_id).with_for_update()
@@ -172,7 +188,9 @@ def acknowledge(session: Session, *, discrepancy_id: int, actor: str) -> Discrep
     Raises:
         NotFoundError: no such discrepancy.
         InvalidStateError: it is not open.
+        InvalidInputError: ``actor`` too long or empty.
     """
+    _check_text(actor)
     discrepancy = _lock_discrepancy(session, discrepancy_id)
     if discrepancy.status is not DiscrepancyStatus.OPEN:
         raise InvalidStateError(f"discrepancy {discrepancy_id} is {discrepancy.status.value}, not open")
@@ -192,7 +210,9 @@ def resolve(
     Raises:
         NotFoundError: no such discrepancy.
         InvalidStateError: it is already resolved.
+        InvalidInputError: ``actor`` too long or empty.
     """
+    _check_text(actor)
     discrepancy = _lock_discrepancy(session, discrepancy_id)
     _close(session, discrepancy, Resolution.MANUAL, actor, channels)
     return discrepancy
@@ -205,18 +225,25 @@ def approve(
     actor: str,
     reason: str | None = None,
     channels: tuple[str, ...] = (),
+    force: bool = False,
 ) -> StockAdjustment | None:
     """Approve a discrepancy: set the book to the observed quantity and resolve it, in one transaction.
 
-    A ``misplaced`` SKU becomes stocked at the location with the observed quantity.
+    A ``misplaced`` SKU becomes stocked at the location with the observed quantity. The book
+    must still hold the quantity the discrepancy was measured against (``expected_quantity``):
+    if it changed since (a delivery, a WMS import), approving would silently overwrite that
+    change, so it is refused unless ``force``.
 
     Returns:
         The ledger row (``None`` if the book already equalled the observed quantity).
 
     Raises:
         NotFoundError: no such discrepancy.
-        InvalidStateError: it is resolved already, or it is ``unknown_product`` (no SKU to adjust).
+        InvalidStateError: it is resolved already; it is ``unknown_product`` (reason
+            ``no_sku_to_adjust``); the book changed since it was measured (reason ``book_changed``).
+        InvalidInputError: ``actor`` or ``reason`` too long or empty.
     """
+    _check_text(actor, reason)
     discrepancy = _lock_discrepancy(session, discrepancy_id)
     if not discrepancy.is_active:
         raise InvalidStateError(f"discrepancy {discrepancy_id} is resolved already")
@@ -224,6 +251,18 @@ def approve(
         raise InvalidStateError(
             f"discrepancy {discrepancy_id} is unknown_product: enroll the SKU or resolve it instead",
             reason="no_sku_to_adjust",
+        )
+    book = session.scalar(
+        sa.select(StockLevel.quantity)
+        .where(StockLevel.location_id == discrepancy.location_id, StockLevel.sku_id == discrepancy.sku_id)
+        .with_for_update()
+    )
+    if book != discrepancy.expected_quantity and not force:
+        raise InvalidStateError(
+            f"discrepancy {discrepancy_id} was measured against a book of {discrepancy.expected_quantity}, "
+            f"but the book now holds {book}; rescan the location, or approve with force to set it to "
+            f"{discrepancy.observed_quantity} anyway",
+            reason="book_changed",
         )
     ledger = set_stock(
         session,

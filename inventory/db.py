@@ -28,6 +28,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from inventory.errors import NaiveDatetimeError
+from shelftally.errors import ConfigurationError, MissingDependencyError
+from shelftally.redact import mask_url
 
 logger = logging.getLogger(__name__)
 
@@ -86,18 +88,33 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> Engin
     Returns:
         An engine; on SQLite with WAL, a busy timeout of :data:`SQLITE_BUSY_TIMEOUT_MS`,
         foreign keys enforced and ``BEGIN IMMEDIATE`` transactions.
+
+    Raises:
+        ConfigurationError: the URL cannot be parsed or names another database.
+        MissingDependencyError: its driver is not installed.
     """
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    if url.startswith("sqlite"):
-        engine = sa.create_engine(
-            url,
-            echo=echo,
-            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
-        )
-        _configure_sqlite(engine)
-        return engine
-    return sa.create_engine(url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    try:
+        if url.startswith("sqlite"):
+            engine = sa.create_engine(
+                url,
+                echo=echo,
+                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            )
+            _configure_sqlite(engine)
+            return engine
+        if not url.startswith("postgresql"):
+            raise ConfigurationError(
+                f"unsupported database URL {mask_url(url)!r}: use sqlite:///PATH or postgresql+psycopg://...",
+                reason="invalid_database_url",
+            )
+        return sa.create_engine(url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    except sa.exc.ArgumentError as error:
+        raise ConfigurationError(f"invalid database URL {mask_url(url)!r}: {error}",
+                                 reason="invalid_database_url") from error
+    except ModuleNotFoundError as error:
+        raise MissingDependencyError(f"the driver for {mask_url(url)!r} is not installed ({error.name})") from error
 
 
 def _configure_sqlite(engine: Engine) -> None:

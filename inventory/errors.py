@@ -54,3 +54,21 @@ class ImportFileError(InventoryError):
     def __init__(self, message: str, row_errors: list[tuple[int, str]]) -> None:
         super().__init__(message)
         self.row_errors = row_errors
+
+
+class DatabaseUnavailableError(InventoryError):
+    """The database cannot be reached or opened (bad URL, server down, unwritable path)."""
+
+    reason = "database_unavailable"
+
+
+class DatabaseNotInitialisedError(InventoryError):
+    """The database has no ShelfTally schema, or one of another revision: run ``shelftally db upgrade``."""
+
+    reason = "database_not_initialised"
+
+
+class InvalidInputError(InventoryError, ValueError):
+    """A value given by the caller cannot be stored (too long, out of range, in the future)."""
+
+    reason = "invalid_input"

@@ -13,7 +13,10 @@ File format (all three)
     non-blank line is the header; column names are matched case-insensitively, in any order.
     An unknown, duplicate or missing required column rejects the file. Whitespace around every
     value is stripped. Blank lines, and lines whose fields are all empty, are skipped. Every
-    other line must have as many fields as the header. Codes are case-sensitive; ``level`` and
+    other line must have as many fields as the header. A value must not contain a control
+    character (U+0000-U+001F) other than tab, or line breaks inside a quoted field: PostgreSQL
+    refuses NUL in text, and the others are signs of a binary or corrupted file. Integers are
+    plain ASCII digits with an optional sign. Codes are case-sensitive; ``level`` and
     ``facing_rule`` values are not.
 
     Error positions are 1-based physical line numbers of the file (line 1 is the header when
@@ -98,7 +101,7 @@ import logging
 import os
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -131,10 +134,17 @@ _INT_MAX = 2**31 - 1  # Integer columns
 _BIGINT_MAX = 2**63 - 1  # BigInteger columns
 _GTIN_LENGTHS = (8, 12, 13, 14)
 _INTEGER = re.compile(r"[+-]?[0-9]+")
+# Digits an integer may have before it is "too large" without being converted (Python refuses to
+# convert strings of more than 4300 digits; every column here is far below 30 digits).
+_INTEGER_DIGITS_MAX = 30
+# C0 control characters except tab, CR and LF (line breaks are allowed in quoted fields), and
+# lone surrogates (a stream decoded with errors="surrogateescape"), which no database stores.
+_FORBIDDEN_CHARACTER = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
 # How many row errors the exception message quotes (row_errors holds all of them).
 _MESSAGE_ERRORS = 5
 
 T = TypeVar("T")
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -197,9 +207,23 @@ def _file_name(file: ImportFile) -> str:
 
 
 def _read_text(file: ImportFile, name: str) -> str:
-    if not isinstance(file, str | os.PathLike):
+    if isinstance(file, str | os.PathLike):
+        return _decode(Path(file).read_bytes(), name)
+    try:
         return file.read().removeprefix("\ufeff")
-    data = Path(file).read_bytes()
+    except UnicodeDecodeError as error:
+        # A text stream opened as UTF-8: find the line in its bytes when they can be reread.
+        buffer = getattr(file, "buffer", None)
+        if buffer is not None and buffer.seekable():
+            buffer.seek(0)
+            _decode(buffer.read(), name)
+        raise ImportFileError(
+            f"{name}: not a UTF-8 file; nothing was imported",
+            row_errors=[(1, f"invalid UTF-8 ({error.reason}; line unknown)")],
+        ) from error
+
+
+def _decode(data: bytes, name: str) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -233,9 +257,16 @@ def _read_table(file: ImportFile, *, required: Sequence[str], optional: Sequence
             if len(cells) != len(columns):
                 errors.append((start, f"expected {len(columns)} fields like the header, got {len(cells)}"))
                 continue
-            rows.append(_Row(start, dict(zip(columns, cells, strict=True))))
+            row = _Row(start, dict(zip(columns, cells, strict=True)))
+            forbidden = _forbidden_characters(row)
+            if forbidden:
+                errors.extend((start, reason) for reason in forbidden)
+                continue
+            rows.append(row)
     except csv.Error as error:
-        errors.append((reader.line_num, f"malformed CSV: {error}"))
+        # Reported where the broken record starts (an unclosed quote is only noticed at the end).
+        hint = " (a quoted field starting on this line is never closed)" if reader.line_num > end + 1 else ""
+        errors.append((end + 1, f"malformed CSV: {error}{hint}"))
         _raise_if_errors(name, errors)
     if columns is None:
         raise ImportFileError(
@@ -243,6 +274,19 @@ def _read_table(file: ImportFile, *, required: Sequence[str], optional: Sequence
             row_errors=[(header_line, f"no header; expected columns {', '.join(required)}")],
         )
     return _Table(name, columns, rows, errors)
+
+
+def _forbidden_characters(row: _Row) -> list[str]:
+    reasons = []
+    for column, value in row.cells.items():
+        found = _FORBIDDEN_CHARACTER.search(value)
+        if found is None:
+            continue
+        char = found.group()
+        kind = "a lone surrogate" if "\ud800" <= char <= "\udfff" else "a control character"
+        reasons.append(f"{column} contains {kind} (U+{ord(char):04X} at character {found.start() + 1}); "
+                       f"only tab and line breaks in quoted fields are allowed")
+    return reasons
 
 
 def _check_header(
@@ -326,7 +370,13 @@ class _Cells:
                 self.bad(f"{column} is empty")
             return default
         if not _INTEGER.fullmatch(value):
-            self.bad(f"{column} {value!r} is not an integer")
+            digits = any(c.isdigit() for c in value)  # e.g. 1.5, 1_000, Arabic-Indic digits
+            self.bad(f"{column} {_shorten(value)} is not an integer"
+                     + (" (write plain digits 0-9, no separators)" if digits else ""))
+            return None
+        if len(value.lstrip("+-").lstrip("0")) > _INTEGER_DIGITS_MAX:  # int() of it could be refused
+            self.bad(f"{column} {_shorten(value)} is negative" if value.startswith("-")
+                     else f"{column} {_shorten(value)} is too large (at most {maximum})")
             return None
         number = int(value)
         if number < minimum:
@@ -337,6 +387,18 @@ class _Cells:
             self.bad(f"{column} {number} is too large (at most {maximum})")
             return None
         return number
+
+    def parsed(self, column: str, parse: Callable[[str], V]) -> V | None:
+        """The non-empty value converted by ``parse``; a ``ValueError`` it raises becomes the reason."""
+        value = self.row.cells.get(column, "")
+        if not value:
+            self.bad(f"{column} is empty")
+            return None
+        try:
+            return parse(value)
+        except ValueError as error:
+            self.bad(f"{column} {error}")
+            return None
 
     def gtin(self, column: str) -> str | None:
         value = self.row.cells.get(column, "")
@@ -370,6 +432,13 @@ class _Cells:
         except ValueError:
             self.bad(f"{column} {self.row.cells[column]!r} is not one of {', '.join(FacingRule)}")
             return None
+
+
+def _shorten(value: str, limit: int = 40) -> str:
+    """``repr`` of a value, cut in the middle when long (for messages about huge inputs)."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[: limit // 2]!r}...{value[-limit // 2 :]!r} ({len(value)} characters)"
 
 
 def _gtin_check_digit_ok(gtin: str) -> bool:

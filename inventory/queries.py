@@ -190,6 +190,7 @@ def discrepancies(
     location_prefix: str | None = None,
     alert_worthy_only: bool = False,
     confirm_after_scans: int = 2,
+    ids: Sequence[int] = (),
 ) -> list[dict[str, Any]]:
     """Discrepancies as JSON-ready dicts (the alert body's ``discrepancy`` object plus
     ``alert_worthy``, ``acknowledged_by``, ``resolved_at``, ``resolved_by``), newest first.
@@ -201,6 +202,7 @@ def discrepancies(
         location_prefix: only locations whose code starts with this.
         alert_worthy_only: only those seen by at least ``confirm_after_scans`` consecutive scans.
         confirm_after_scans: K of the reconciliation policy.
+        ids: only these discrepancies (default: all).
     """
     stmt = (
         sa.select(Discrepancy, Location.location_code, Sku.sku_code)
@@ -211,6 +213,8 @@ def discrepancies(
     )
     if kinds:
         stmt = stmt.where(Discrepancy.kind.in_(list(kinds)))
+    if ids:
+        stmt = stmt.where(Discrepancy.id.in_(list(ids)))
     if alert_worthy_only:
         stmt = stmt.where(Discrepancy.consecutive_scans >= confirm_after_scans)
     out = []

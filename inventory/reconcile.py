@@ -37,7 +37,7 @@ import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import sqlalchemy as sa
@@ -47,6 +47,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from inventory import alerts
 from inventory.db import dialect_insert, utcnow
 from inventory.errors import (
+    InvalidInputError,
     InvalidStateError,
     NaiveDatetimeError,
     NotFoundError,
@@ -235,7 +236,18 @@ def sku_ids(session: Session, sku_codes: Iterable[str]) -> dict[str, int]:
     return found
 
 
-def record_scans(session: Session, *, scans: Sequence[ScanRecord]) -> list[tuple[int, bool]]:
+#: How far in the future a capture time may lie (camera clocks drift); beyond it a scan is refused,
+#: because a wrong future time would make every real scan of its location look stale.
+MAX_FUTURE_S = 300.0
+
+
+def record_scans(
+    session: Session,
+    *,
+    scans: Sequence[ScanRecord],
+    now: datetime | None = None,
+    max_future_s: float = MAX_FUTURE_S,
+) -> list[tuple[int, bool]]:
     """Store processed scans and their observations, each once (does not commit).
 
     A scan is keyed by (``image_sha256``, location, ``captured_at``): recording the same picture
@@ -246,6 +258,8 @@ def record_scans(session: Session, *, scans: Sequence[ScanRecord]) -> list[tuple
     Args:
         session: the caller's session (it owns the transaction).
         scans: what to record.
+        now: the current time (default: the clock).
+        max_future_s: largest allowed ``captured_at - now`` in seconds.
 
     Returns:
         ``(scan_id, created)`` per input, in input order; ``created`` is False for a scan that
@@ -253,6 +267,8 @@ def record_scans(session: Session, *, scans: Sequence[ScanRecord]) -> list[tuple
 
     Raises:
         UnknownLocationError, UnknownSkuError: codes not in the master data (nothing written).
+        InvalidInputError: a capture time more than ``max_future_s`` ahead of ``now`` (reason
+            ``captured_in_future``).
         ValueError: a SKU listed twice in one scan, or a negative count.
         NaiveDatetimeError: a ``captured_at`` without UTC offset.
     """
@@ -260,6 +276,14 @@ def record_scans(session: Session, *, scans: Sequence[ScanRecord]) -> list[tuple
         return []
     for record in scans:
         record.validate()
+    current = now or utcnow()
+    future = [r for r in scans if r.captured_at > current + timedelta(seconds=max_future_s)]
+    if future:
+        raise InvalidInputError(
+            f"capture time {future[0].captured_at.isoformat()} of a scan at {future[0].location_code} is more "
+            f"than {max_future_s:g} s after now ({current:%Y-%m-%dT%H:%M:%SZ}); check the camera or count clock",
+            reason="captured_in_future",
+        )
     codes = {r.location_code for r in scans}
     locations = {loc.location_code: loc for loc in session.scalars(
         sa.select(Location).where(Location.location_code.in_(codes)))}
@@ -329,13 +353,13 @@ def record_scans(session: Session, *, scans: Sequence[ScanRecord]) -> list[tuple
     return out
 
 
-def record_scan(session: Session, *, scan: ScanRecord) -> tuple[int, bool]:
+def record_scan(session: Session, *, scan: ScanRecord, now: datetime | None = None) -> tuple[int, bool]:
     """Store one processed scan and its observations, once (see :func:`record_scans`).
 
     Returns:
         ``(scan_id, created)``.
     """
-    return record_scans(session, scans=[scan])[0]
+    return record_scans(session, scans=[scan], now=now)[0]
 
 
 def reconcile_scan(

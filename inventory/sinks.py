@@ -32,6 +32,7 @@ attempt, never claim bookkeeping.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -43,6 +44,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Protocol
+from urllib.parse import parse_qsl
 
 import httpx
 import sqlalchemy as sa
@@ -201,10 +203,16 @@ class WebhookSink:
         self._auth = httpx.BasicAuth(parsed.username, parsed.password) if parsed.userinfo else None
         self._url = parsed.copy_with(username=None, password=None)
         self._secret = secret
-        # Strings never to show, should a receiver or an error message echo them.
-        self._sensitive = [
-            value for value in (parsed.password, secret and secret.get_secret_value()) if value
-        ]
+        # Strings never to show, should a receiver or an error message echo them: the password,
+        # the Basic auth token that carries it, the query (tokens often travel there, whole and
+        # per value) and the HMAC key. Longest first, so a part never unmasks a whole.
+        basic = (
+            base64.b64encode(f"{parsed.username}:{parsed.password}".encode()).decode() if parsed.userinfo else ""
+        )
+        query = parsed.query.decode() if parsed.query else ""
+        query_values = [v for _, v in parse_qsl(query, keep_blank_values=False) if len(v) >= 4]
+        candidates = [parsed.password, basic, query, *query_values, secret and secret.get_secret_value()]
+        self._sensitive = sorted({v for v in candidates if v}, key=len, reverse=True)
         self._owns_client = client is None
         self._client = client if client is not None else httpx.Client(follow_redirects=False)
 

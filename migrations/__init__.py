@@ -19,12 +19,14 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 
 from inventory.db import create_engine
 from shelftally.errors import ShelfTallyError
@@ -75,11 +77,19 @@ def upgrade(database_url: str, revision: str = "head") -> None:
         revision: target revision id, ``"head"`` or a relative target such as ``"+1"``.
 
     Raises:
-        alembic.util.CommandError: ``revision`` is unknown.
-        MigrationError: the upgrade would leave rows that break a foreign key (SQLite).
+        MigrationError: ``revision`` is unknown (reason ``unknown_revision``), the database is
+            already past it (reason ``database_newer``: use :func:`downgrade`), or the upgrade
+            would leave rows that break a foreign key (SQLite).
         sqlalchemy.exc.DBAPIError: the database refused a statement; nothing was committed.
     """
-    command.upgrade(alembic_config(database_url), revision)
+    target = _resolve(revision)
+    at = current(database_url)
+    if target is not None and at is not None and at != target and _is_ancestor(target, at):
+        raise MigrationError(
+            f"the database is at revision {at}, newer than {target}; to go back use downgrade",
+            reason="database_newer",
+        )
+    _command(command.upgrade, database_url, revision)
 
 
 def downgrade(database_url: str, revision: str) -> None:
@@ -92,11 +102,38 @@ def downgrade(database_url: str, revision: str) -> None:
         revision: target revision id, ``"base"`` (no tables) or a relative target such as ``"-1"``.
 
     Raises:
-        alembic.util.CommandError: ``revision`` is unknown.
-        MigrationError: the downgrade would leave rows that break a foreign key (SQLite).
+        MigrationError: ``revision`` is unknown (reason ``unknown_revision``), or the downgrade
+            would leave rows that break a foreign key (SQLite).
         sqlalchemy.exc.DBAPIError: the database refused a statement; nothing was committed.
     """
-    command.downgrade(alembic_config(database_url), revision)
+    _resolve(revision)
+    _command(command.downgrade, database_url, revision)
+
+
+def _command(run: Callable[[Config, str], None], database_url: str, revision: str) -> None:
+    try:
+        run(alembic_config(database_url), revision)
+    except CommandError as error:
+        raise MigrationError(str(error), reason="unknown_revision") from error
+
+
+def _resolve(revision: str) -> str | None:
+    """The concrete revision id a target names (``None`` for base and relative targets)."""
+    if revision in ("base",) or revision[:1] in "+-":
+        return None
+    script = ScriptDirectory.from_config(_config())
+    try:
+        found = script.get_revision(revision)
+    except CommandError as error:
+        known = ", ".join(r.revision for r in script.walk_revisions())
+        raise MigrationError(f"unknown revision {revision!r} (known: {known}, head, base)",
+                             reason="unknown_revision") from error
+    return found.revision if found is not None else None
+
+
+def _is_ancestor(ancestor: str, revision: str) -> bool:
+    script = ScriptDirectory.from_config(_config())
+    return any(r.revision == ancestor for r in script.iterate_revisions(revision, "base"))
 
 
 def current(database_url: str) -> str | None:

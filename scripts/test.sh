@@ -5,6 +5,11 @@
 set -euo pipefail
 source "$(dirname "$0")/_venv.sh"
 install_project "[dev]"
+# Type stubs for the TensorRT code (TensorRT itself installs only from NVIDIA's index); the stubs
+# package declares a dependency on tensorrt, so it is installed without dependencies.
+"$ROOT/.venv/bin/python" -m pip install --quiet --no-deps tensorrt-stubs==10.13.0.35.1
+# The published stubs do not parse; mypy reads a repaired copy from .typings/ (mypy_path).
+"$ROOT/.venv/bin/python" "$ROOT/scripts/tensorrt_stubs.py"
 cd "$ROOT"
 BIN="$ROOT/.venv/bin"
 echo "== ruff";          "$BIN/ruff" check .

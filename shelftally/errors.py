@@ -38,3 +38,19 @@ class MissingDependencyError(ShelfTallyError):
     """An optional runtime is not installed; the message names the pip extra that provides it."""
 
     reason = "missing_dependency"
+
+
+class EngineIncompatibleError(ShelfTallyError):
+    """A compiled inference engine (TensorRT) was built for another runtime version or GPU.
+
+    The message names the expected and the actual values; callers rebuild the engine or fall
+    back to a portable runtime (ONNX Runtime).
+    """
+
+    reason = "engine_incompatible"
+
+
+class EngineCacheError(ShelfTallyError):
+    """An engine cache entry cannot be used: its file or metadata is missing, unreadable or corrupt."""
+
+    reason = "engine_cache_corrupt"

@@ -10,25 +10,29 @@ import getpass
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
 import migrations
 from inventory import adjustments, queries
 from inventory.cycle_counts import parse_time, record_cycle_counts
 from inventory.db import create_engine, run_in_transaction, session_factory
-from inventory.errors import ImportFileError
+from inventory.errors import DatabaseNotInitialisedError, DatabaseUnavailableError, ImportFileError
 from inventory.imports import ImportResult, import_locations, import_skus, import_stock
 from inventory.models import DiscrepancyKind, DiscrepancyStatus
 from inventory.reconcile import ReconcileOutcome
 from inventory.sinks import AlertSink, DeliveryReport, LogSink, WebhookSink, deliver_pending
-from shelftally.errors import ShelfTallyError
+from shelftally import __version__
+from shelftally.errors import ConfigurationError, ShelfTallyError
 from shelftally.redact import mask_url
 from workers.report import print_counts, print_discrepancies
 from workers.settings import Settings
@@ -71,9 +75,28 @@ class Context:
 
     @property
     def factory(self) -> sessionmaker[Session]:
-        """Session factory on the configured database (engine created on first use)."""
+        """Session factory on the configured database, at the schema revision this version needs.
+
+        Raises:
+            DatabaseNotInitialisedError: no database there, or not at the head revision (a
+                missing SQLite file is reported, never created, by commands other than
+                ``db upgrade``).
+            ConfigurationError, MissingDependencyError: a bad URL or a missing driver.
+        """
         if self._factory is None:
-            self._factory = session_factory(create_engine(self.settings.database_url))
+            url = self.settings.database_url
+            path = _sqlite_path(url)
+            if path is not None and not path.exists():
+                raise DatabaseNotInitialisedError(
+                    f"there is no database at {path}; create it with `shelftally db upgrade`"
+                )
+            at, head = migrations.current(url), migrations.head()
+            if at != head:
+                raise DatabaseNotInitialisedError(
+                    f"the database {mask_url(url)} is at schema revision {at or 'none'}, this version needs "
+                    f"{head}; run `shelftally db upgrade`"
+                )
+            self._factory = session_factory(create_engine(url))
         return self._factory
 
     def sinks(self) -> list[AlertSink]:
@@ -105,6 +128,14 @@ class Context:
         )
 
 
+def _sqlite_path(url: str) -> Path | None:
+    """The file of a ``sqlite:///PATH`` URL (``None`` for other databases and in-memory SQLite)."""
+    if not url.startswith("sqlite"):
+        return None
+    database = url.split("///", 1)[1].split("?", 1)[0] if "///" in url else ""
+    return Path(database) if database and database != ":memory:" else None
+
+
 def _ctx(typer_ctx: typer.Context) -> Context:
     obj = typer_ctx.find_root().obj
     if not isinstance(obj, Context):  # pragma: no cover - set by the app callback
@@ -112,20 +143,38 @@ def _ctx(typer_ctx: typer.Context) -> Context:
     return obj
 
 
-def _fail(error: ShelfTallyError) -> None:
-    err_console.print(f"[bold red]error[/] ({error.reason}): {error}", highlight=False)
+def _fail(error: ShelfTallyError, as_json: bool = False) -> None:
+    """Report an error: a line on stderr (and with ``--json`` the error object on stdout)."""
+    if as_json:
+        data: dict[str, Any] = error.to_dict()
+        if isinstance(error, ImportFileError):
+            data["row_errors"] = [{"line": line, "reason": reason} for line, reason in error.row_errors]
+        _print_json(data)
+    err_console.print(f"[bold red]error[/] ({error.reason}): {escape(str(error))}", highlight=False, soft_wrap=True)
     if isinstance(error, ImportFileError):
         for line, reason in error.row_errors:
-            err_console.print(f"  line {line}: {reason}", highlight=False)
+            err_console.print(f"  line {line}: {escape(reason)}", highlight=False, soft_wrap=True)
 
 
-def _run(typer_ctx: typer.Context, work: Callable[[Session], T]) -> T:
-    """Run one unit of work in a transaction; turn ShelfTally errors into exit status 1."""
+@contextmanager
+def _errors(as_json: bool = False) -> Iterator[None]:
+    """Turn ShelfTally errors, and a database that cannot be reached, into exit status 1."""
     try:
-        return run_in_transaction(_ctx(typer_ctx).factory, work)
+        yield
     except ShelfTallyError as error:
-        _fail(error)
+        _fail(error, as_json)
         raise typer.Exit(1) from error
+    except (sa_exc.OperationalError, sa_exc.InterfaceError) as error:
+        message = str(error.orig).strip().splitlines()[0] if error.orig is not None else str(error)
+        _fail(DatabaseUnavailableError(f"cannot use the database: {message}"), as_json)
+        raise typer.Exit(1) from error
+
+
+def _run(typer_ctx: typer.Context, work: Callable[[Session], T], as_json: bool = False) -> T:
+    """Run one unit of work in a transaction; errors exit with status 1 and their reason."""
+    with _errors(as_json):
+        return run_in_transaction(_ctx(typer_ctx).factory, work)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _print_json(data: Any) -> None:
@@ -148,6 +197,9 @@ def main(
         str | None, typer.Option("--database-url", help="Overrides SHELFTALLY_DATABASE_URL.", show_default=False)
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", callback=_version, is_eager=True)
+    ] = False,
 ) -> None:
     """Settings come from SHELFTALLY_* environment variables and ./.env (see workers/settings.py)."""
     logging.basicConfig(
@@ -155,34 +207,72 @@ def main(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # httpx logs every request line, query string (tokens) included, at INFO.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        settings = Settings() if database_url is None else Settings(database_url=database_url)
-    except ValueError as error:
-        err_console.print(f"[bold red]error[/] (invalid_configuration): {error}", highlight=False)
+        overrides: dict[str, Any] = {} if database_url is None else {"database_url": database_url}
+        settings = Settings.from_environment(**overrides)
+    except ShelfTallyError as error:
+        _fail(error)
         raise typer.Exit(2) from error
     typer_ctx.obj = Context(settings)
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"shelftally {__version__}\n")
+        raise typer.Exit(0)
 
 
 # ------------------------------------------------------------------------------------------ db
 
 
 @db_app.command("upgrade")
-def db_upgrade(typer_ctx: typer.Context, revision: str = "head") -> None:
-    """Create or migrate the schema to REVISION (default: the newest)."""
+def db_upgrade(
+    typer_ctx: typer.Context,
+    revision: Annotated[str, typer.Option(help="Target revision id, or head.")] = "head",
+) -> None:
+    """Create the schema, or migrate it forward to --revision (default: the newest)."""
     url = _ctx(typer_ctx).settings.database_url
-    migrations.upgrade(url, revision)
-    console.print(f"database {mask_url(url)} at revision {migrations.current(url)}", highlight=False)
+    with _errors():
+        path = _sqlite_path(url)
+        if path is not None and not path.parent.is_dir():
+            raise DatabaseUnavailableError(f"cannot create a database in {path.parent}: no such directory")
+        migrations.upgrade(url, revision)
+        console.print(f"database {mask_url(url)} at revision {migrations.current(url)}", highlight=False)
+
+
+@db_app.command("downgrade")
+def db_downgrade(
+    typer_ctx: typer.Context,
+    revision: Annotated[str, typer.Argument(help="Target revision id, or base (drops every table).")],
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm: later revisions' tables and rows are dropped.")] = False,
+) -> None:
+    """Migrate the schema back to REVISION; what later revisions added is dropped, rows included."""
+    url = _ctx(typer_ctx).settings.database_url
+    if not yes:
+        err_console.print("refusing to drop data without --yes", highlight=False)
+        raise typer.Exit(2)
+    with _errors():
+        migrations.downgrade(url, revision)
+        console.print(f"database {mask_url(url)} at revision {migrations.current(url)}", highlight=False)
 
 
 @db_app.command("current")
 def db_current(typer_ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Show the schema revision of the database and the newest one this version knows."""
     url = _ctx(typer_ctx).settings.database_url
-    data = {"database_url": mask_url(url), "current": migrations.current(url), "head": migrations.head()}
+    with _errors(as_json):
+        path = _sqlite_path(url)
+        at = None if path is not None and not path.exists() else migrations.current(url)
+        data = {"database_url": mask_url(url), "current": at, "head": migrations.head()}
     if as_json:
         _print_json(data)
     else:
-        console.print(data)
+        state = "up to date" if at == data["head"] else "run `shelftally db upgrade`"
+        console.print(f"{data['database_url']}: revision {at or 'none'} (newest {data['head']}; {state})",
+                      highlight=False)
 
 
 # -------------------------------------------------------------------------------------- import
@@ -195,7 +285,7 @@ def _import(
     actor: str,
     as_json: bool,
 ) -> None:
-    result = _run(typer_ctx, lambda s: importer(s, file=file, actor=actor))
+    result = _run(typer_ctx, lambda s: importer(s, file=file, actor=actor), as_json)
     data = {
         "file": result.file_name,
         "rows_read": result.rows_read,
@@ -255,8 +345,9 @@ def import_counts_cmd(
                 session, file=handle, source=f"cycle-count:{file.name}", policy=policy, channels=channels
             )
 
-    outcomes = _run(typer_ctx, work)
-    report = ctx.deliver_alerts()
+    outcomes = _run(typer_ctx, work, as_json)
+    with _errors(as_json):
+        report = ctx.deliver_alerts()
     data = {
         "scans": len(outcomes),
         "stale": sum(o.stale for o in outcomes),
@@ -270,6 +361,10 @@ def import_counts_cmd(
         _print_json(data)
     else:
         console.print(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in data.items()), highlight=False)
+    if report.failed:
+        err_console.print(f"the counts were recorded, but {report.failed} alert(s) could not be delivered; "
+                          "see `shelftally alerts deliver`", highlight=False)
+        raise typer.Exit(1)
 
 
 # ------------------------------------------------------------------------------------- queries
@@ -287,7 +382,7 @@ def counts_cmd(
 ) -> None:
     """Book vs last observed quantity per location and SKU (by capture time)."""
     when = _time(as_of, "--as-of")
-    rows = _run(typer_ctx, lambda s: queries.counts(s, location_prefix=location, sku_code=sku, as_of=when))
+    rows = _run(typer_ctx, lambda s: queries.counts(s, location_prefix=location, sku_code=sku, as_of=when), as_json)
     if as_json:
         _print_json([r.to_dict() for r in rows])
         return
@@ -330,6 +425,7 @@ def discrepancies_cmd(
         lambda s: queries.discrepancies(
             s, statuses=statuses, kinds=kinds, location_prefix=location, confirm_after_scans=k
         ),
+        as_json,
     )
     if as_json:
         _print_json(rows)
@@ -337,18 +433,19 @@ def discrepancies_cmd(
         print_discrepancies(rows, console, f"Discrepancies ({', '.join(s.value for s in statuses)})")
 
 
+DiscrepancyId = Annotated[int, typer.Argument(min=1, max=2**31 - 1, help="Discrepancy id.")]
+
+
 def _review(typer_ctx: typer.Context, action: Callable[[Session], Any], discrepancy_id: int, as_json: bool,
             verb: str) -> None:
     ctx = _ctx(typer_ctx)
-    _run(typer_ctx, action)
-    ctx.deliver_alerts()
+    _run(typer_ctx, action, as_json)
+    with _errors(as_json):
+        ctx.deliver_alerts()
     (row,) = _run(
         typer_ctx,
-        lambda s: [
-            r
-            for r in queries.discrepancies(s, statuses=list(DiscrepancyStatus))
-            if r["id"] == discrepancy_id
-        ],
+        lambda s: queries.discrepancies(s, statuses=list(DiscrepancyStatus), ids=[discrepancy_id]),
+        as_json,
     )
     if as_json:
         _print_json(row)
@@ -358,7 +455,7 @@ def _review(typer_ctx: typer.Context, action: Callable[[Session], Any], discrepa
 
 @discrepancies_app.command("ack")
 def discrepancies_ack(
-    typer_ctx: typer.Context, discrepancy_id: int, actor: ActorOption = "", as_json: JsonOption = False
+    typer_ctx: typer.Context, discrepancy_id: DiscrepancyId, actor: ActorOption = "", as_json: JsonOption = False
 ) -> None:
     """Acknowledge an open discrepancy (it stays tracked)."""
     who = actor or _default_actor()
@@ -368,7 +465,7 @@ def discrepancies_ack(
 
 @discrepancies_app.command("resolve")
 def discrepancies_resolve(
-    typer_ctx: typer.Context, discrepancy_id: int, actor: ActorOption = "", as_json: JsonOption = False
+    typer_ctx: typer.Context, discrepancy_id: DiscrepancyId, actor: ActorOption = "", as_json: JsonOption = False
 ) -> None:
     """Resolve a discrepancy without changing the book."""
     who = actor or _default_actor()
@@ -385,19 +482,26 @@ def discrepancies_resolve(
 @adjust_app.command("approve")
 def adjust_approve(
     typer_ctx: typer.Context,
-    discrepancy_id: int,
+    discrepancy_id: DiscrepancyId,
     actor: ActorOption = "",
     reason: Annotated[str | None, typer.Option(help="Recorded in the ledger.")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Approve even if the book changed since the discrepancy was measured.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Set the book to the observed quantity of a discrepancy and resolve it, audited, in one transaction."""
+    """Set the book to the observed quantity of a discrepancy and resolve it, audited, in one transaction.
+
+    Refused (reason book_changed) when the book no longer holds the quantity the discrepancy was
+    measured against, unless --force.
+    """
     ctx = _ctx(typer_ctx)
     who = actor or _default_actor()
     channels = tuple(ctx.settings.alerts.channels)
 
     def work(session: Session) -> dict[str, Any] | None:
         entry = adjustments.approve(session, discrepancy_id=discrepancy_id, actor=who, reason=reason,
-                                    channels=channels)
+                                    channels=channels, force=force)
         if entry is None:
             return None
         return {
@@ -410,8 +514,9 @@ def adjust_approve(
             "created_at": entry.created_at.isoformat(),
         }
 
-    data = _run(typer_ctx, work)
-    ctx.deliver_alerts()
+    data = _run(typer_ctx, work, as_json)
+    with _errors(as_json):
+        ctx.deliver_alerts()
     if as_json:
         _print_json(data or {"discrepancy_id": discrepancy_id, "adjustment_id": None})
     elif data is None:
@@ -427,7 +532,8 @@ def adjust_approve(
 @alerts_app.command("deliver")
 def alerts_deliver(typer_ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Deliver pending alerts on the configured channels (retries with capped backoff)."""
-    report = _ctx(typer_ctx).deliver_alerts()
+    with _errors(as_json):
+        report = _ctx(typer_ctx).deliver_alerts()
     data = {"delivered": report.delivered_ids, "failed": report.failed_ids}
     if as_json:
         _print_json(data)
@@ -440,15 +546,18 @@ def alerts_deliver(typer_ctx: typer.Context, as_json: JsonOption = False) -> Non
 @app.command("demo")
 def demo_cmd(
     typer_ctx: typer.Context,
-    workdir: Annotated[Path, typer.Option(help="Where the demo database is made (emptied first).")] = Path(
-        "shelftally-demo"
-    ),
+    workdir: Annotated[
+        Path, typer.Option(help="Folder of the demo database shelftally.db (replaced on every run).")
+    ] = Path("shelftally-demo"),
 ) -> None:
-    """Build a small demo warehouse from the shipped CSVs, reconcile two rounds of counts, print the report."""
+    """Build a small demo warehouse, reconcile two rounds of counts, print the report.
+
+    The demo always uses its own SQLite database in --workdir (not --database-url), so it never
+    touches a real one.
+    """
     from workers.demo import run_demo
 
-    try:
+    with _errors():
+        if workdir.exists() and not workdir.is_dir():
+            raise ConfigurationError(f"--workdir {workdir} exists and is not a folder", reason="invalid_workdir")
         run_demo(workdir, console=console, settings=_ctx(typer_ctx).settings)
-    except ShelfTallyError as error:
-        _fail(error)
-        raise typer.Exit(1) from error

@@ -9,6 +9,8 @@ one-off miscount that the second round corrects, so it never alerts).
 
 from __future__ import annotations
 
+import shutil
+import sys
 import time
 from importlib import resources
 from pathlib import Path
@@ -92,11 +94,14 @@ def run_demo(workdir: Path, *, console: Console, settings: Settings) -> Path:
     print_discrepancies(open_rows, console, "Open discrepancies (book vs counted)")
     print_discrepancies(resolved, console, "Resolved by a later count (never alerted)")
     engine.dispose()
+    command = shutil.which("shelftally") or str(Path(sys.executable).with_name("shelftally"))
+    url = f"sqlite:///{database.resolve()}"
     console.print(
         f"\ndemo finished in {time.perf_counter() - started:.1f} s. Explore it:\n"
-        f"  shelftally --database-url sqlite:///{database} discrepancies\n"
-        f"  shelftally --database-url sqlite:///{database} counts --location WH1-A01-B01\n"
-        f"  shelftally --database-url sqlite:///{database} adjust approve <id>",
+        f"  {command} --database-url {url} discrepancies\n"
+        f"  {command} --database-url {url} counts --location WH1-A01-B01\n"
+        f"  {command} --database-url {url} adjust approve <id>",
         highlight=False,
+        soft_wrap=True,
     )
     return database

@@ -8,16 +8,32 @@ the working directory. Nothing reads the environment at import time.
 
 from __future__ import annotations
 
+import json
+import os
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from dotenv import dotenv_values
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from inventory.reconcile import ReconcilePolicy
+from shelftally.errors import ConfigurationError
 
 AlertChannel = Literal["log", "webhook"]
+
+#: ``SHELFTALLY_*`` variables that are not settings of the process (tests, benchmarks, tools).
+NOT_SETTINGS = frozenset({
+    "SHELFTALLY_TEST_POSTGRES_URL",
+    "SHELFTALLY_BENCH_POSTGRES_URL",
+    "SHELFTALLY_ULTRALYTICS_DIR",
+})
+
+#: A dispatcher's claim on an alert expires after this many seconds (inventory.sinks default);
+#: the backoff cap must stay below it.
+ALERT_CLAIM_TTL_S = 300.0
 
 
 class ReconcileSettings(BaseModel):
@@ -45,18 +61,35 @@ class AlertSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    channels: list[AlertChannel] = Field(default_factory=lambda: list[AlertChannel](["log"]))
+    channels: Annotated[list[AlertChannel], NoDecode] = Field(default_factory=lambda: list[AlertChannel](["log"]))
     webhook_url: SecretStr | None = Field(None, description="HTTP(S) URL; may carry credentials, so secret")
     webhook_secret: SecretStr | None = Field(None, description="HMAC-SHA256 key for X-ShelfTally-Signature")
     webhook_timeout_s: float = Field(5.0, gt=0)
     max_attempts: int = Field(5, ge=1)
     backoff_s: float = Field(0.5, ge=0)
-    backoff_cap_s: float = Field(30.0, ge=0)
+    backoff_cap_s: float = Field(30.0, ge=0, lt=ALERT_CLAIM_TTL_S)
+
+    @field_validator("channels", mode="before")
+    @classmethod
+    def _split_channels(cls, value: Any) -> Any:
+        """Accept a JSON list (``["log", "webhook"]``) or a comma-separated string (``log,webhook``)."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
 
     @model_validator(mode="after")
-    def _webhook_needs_url(self) -> AlertSettings:
+    def _webhook_is_usable(self) -> AlertSettings:
         if "webhook" in self.channels and self.webhook_url is None:
             raise ValueError("alerts.channels includes 'webhook' but alerts.webhook_url is not set")
+        if self.webhook_url is not None:
+            parts = urlsplit(self.webhook_url.get_secret_value())
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("alerts.webhook_url must be an absolute http(s) URL")
+        if self.webhook_secret is not None and not self.webhook_secret.get_secret_value():
+            raise ValueError("alerts.webhook_secret is empty; unset it or give a key")
         return self
 
 
@@ -86,7 +119,9 @@ class Settings(BaseSettings):
         env_prefix="SHELFTALLY_",
         env_nested_delimiter="__",
         env_file=".env",
-        extra="forbid",
+        # Other programs' lines in a shared .env are ignored; SHELFTALLY_* names that are not
+        # settings are refused by from_environment().
+        extra="ignore",
     )
 
     database_url: str = "sqlite:///shelftally.db"
@@ -94,3 +129,50 @@ class Settings(BaseSettings):
     models: ModelSettings = Field(default_factory=ModelSettings)
     reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+
+    @classmethod
+    def from_environment(cls, env_file: Path | None = Path(".env"), **overrides: Any) -> Settings:
+        """Build the settings of an entry point from the environment and ``.env``.
+
+        Unlike the bare constructor, a ``SHELFTALLY_*`` variable (or ``.env`` line) that names no
+        setting is an error, so a typo such as ``SHELFTALLY_DATABSE_URL`` never falls back to a
+        default silently.
+
+        Args:
+            env_file: the dotenv file to read (``None``: none).
+            overrides: values that win over the environment (command-line options).
+
+        Raises:
+            ConfigurationError: unknown ``SHELFTALLY_*`` names or invalid values; the message
+                lists each problem without echoing any value (values may be secrets).
+        """
+        names = {k for k in os.environ if k.upper().startswith("SHELFTALLY_")}
+        if env_file is not None and env_file.is_file():
+            names |= {k for k in dotenv_values(env_file) if k.upper().startswith("SHELFTALLY_")}
+        unknown = sorted(n for n in names if n.upper() not in NOT_SETTINGS and not _is_setting(n))
+        if unknown:
+            raise ConfigurationError(f"unknown setting(s): {', '.join(unknown)} (see workers/settings.py)")
+        try:
+            return cls(_env_file=env_file, **overrides)
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
+                for e in error.errors(include_input=False, include_url=False)
+            )
+            raise ConfigurationError(f"invalid settings: {problems}") from None
+
+
+def _is_setting(name: str) -> bool:
+    """Whether ``SHELFTALLY_A__B`` names a field of :class:`Settings` (case-insensitive)."""
+    path = name.upper().removeprefix("SHELFTALLY_").lower().split("__")
+    model: type[BaseModel] = Settings
+    for i, part in enumerate(path):
+        field = model.model_fields.get(part)
+        if field is None:
+            return False
+        annotation = field.annotation
+        if i < len(path) - 1:
+            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+                return False
+            model = annotation
+    return True

@@ -9,7 +9,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from inventory import adjustments
 from inventory.db import run_in_transaction
-from inventory.errors import InvalidStateError, NotFoundError, UnknownLocationError, UnknownSkuError
+from inventory.errors import (
+    InvalidInputError,
+    InvalidStateError,
+    NotFoundError,
+    UnknownLocationError,
+    UnknownSkuError,
+)
 from inventory.models import (
     Alert,
     Discrepancy,
@@ -132,6 +138,39 @@ def test_approve_sets_book_audits_and_resolves_in_one_transaction(factory: sessi
     scan_and_reconcile(factory, 2, {"A": 6, "B": 4})
     with factory() as session:
         assert session.scalars(sa.select(Discrepancy).where(Discrepancy.status != "resolved")).all() == []
+
+
+@pytest.mark.usefixtures("shelf")
+def test_approve_refuses_when_the_book_changed_since(factory: sessionmaker[Session]) -> None:
+    discrepancy_id = _confirmed_shortage(factory)  # measured against a book of 10, observed 6
+    run_in_transaction(factory, lambda s: adjustments.adjust_stock(
+        s, location_code=SHELF, sku_code="A", delta=30, actor="receiving", reason="delivery"))
+    with pytest.raises(InvalidStateError) as info:
+        run_in_transaction(factory, lambda s: adjustments.approve(s, discrepancy_id=discrepancy_id, actor="alice"))
+    assert info.value.reason == "book_changed"
+    with factory() as session:
+        assert book(session, "A") == 40  # the delivery is not lost
+    entry = run_in_transaction(
+        factory, lambda s: adjustments.approve(s, discrepancy_id=discrepancy_id, actor="alice", force=True)
+    )
+    assert entry is not None and (entry.from_quantity, entry.to_quantity) == (40, 6)
+
+
+@pytest.mark.usefixtures("shelf")
+@pytest.mark.parametrize(
+    ("actor", "reason", "expected"),
+    [("", None, "invalid_actor"), ("x" * 129, None, "invalid_actor"), ("al\x00ice", None, "invalid_actor"),
+     ("alice", "r" * 256, "invalid_reason")],
+)
+def test_approve_refuses_text_the_ledger_cannot_store(
+    factory: sessionmaker[Session], actor: str, reason: str | None, expected: str
+) -> None:
+    discrepancy_id = _confirmed_shortage(factory)
+    with pytest.raises(InvalidInputError) as info:
+        run_in_transaction(
+            factory, lambda s: adjustments.approve(s, discrepancy_id=discrepancy_id, actor=actor, reason=reason)
+        )
+    assert info.value.reason == expected
 
 
 @pytest.mark.usefixtures("shelf")

@@ -434,6 +434,27 @@ VALIDATION_CASES = [
                  "duplicate location_code/sku_code pair 'WH1-A01'/'SKU-A' (first on line 2)", id="duplicate-pair"),
     pytest.param(import_stock, "location_code,sku,quantity\nWH1-A01,SKU-A,1\n", 1,
                  "missing required column(s): sku_code", id="stock-missing-column"),
+    pytest.param(import_skus, 'sku_code,name\nS,N\nT,"M\nU,O\n', 3,
+                 "malformed CSV: unexpected end of data (a quoted field starting on this line is never closed)",
+                 id="unterminated-quote"),
+    pytest.param(import_skus, "sku_code,name\nS,N\x00\n", 2, "name contains a control character (U+0000",
+                 id="nul-in-sku"),
+    pytest.param(import_skus, 'sku_code,name,description\nS,N,"a\tb\x07"\n', 2,
+                 "description contains a control character (U+0007 at character 4)", id="bell-after-tab"),
+    pytest.param(import_locations, LOCATION_HEADER + "S9\x00,shelf,WH1-A01,,,\n", 2,
+                 "location_code contains a control character (U+0000", id="nul-in-location"),
+    pytest.param(import_stock, STOCK_HEADER + "WH1-A01,SKU-A,1\x00\n", 2, "quantity contains a control character",
+                 id="nul-in-stock"),
+    pytest.param(import_stock, STOCK_HEADER + "WH1-A01,SKU-A,\u0661\u0662\n", 2,
+                 "quantity '\u0661\u0662' is not an integer (write plain digits 0-9", id="quantity-arabic-indic"),
+    pytest.param(import_stock, STOCK_HEADER + "WH1-A01,SKU-A,1_000\n", 2, "quantity '1_000' is not an integer",
+                 id="quantity-underscore"),
+    pytest.param(import_stock, STOCK_HEADER + f"WH1-A01,SKU-A,{'9' * 5000}\n", 2, "(5000 characters) is too large",
+                 id="quantity-5000-digits"),
+    pytest.param(import_stock, STOCK_HEADER + f"WH1-A01,SKU-A,-{'9' * 5000}\n", 2, "is negative",
+                 id="quantity-5000-digits-negative"),
+    pytest.param(import_locations, LOCATION_HEADER + f"S9,shelf,WH1-A01,,units_per_facing,{2**31}\n", 2,
+                 "units_per_facing 2147483648 is too large (at most 2147483647)", id="units-per-facing-too-large"),
 ]
 
 
@@ -500,6 +521,32 @@ def test_quoted_newline_values_are_stored_intact(factory: sessionmaker[Session])
 
     with factory() as s:
         assert s.scalars(sa.select(Sku.description)).one() == 'Rolled oats.\n"Keep dry"'
+
+
+def test_tabs_and_quoted_line_breaks_are_the_control_characters_allowed(factory: sessionmaker[Session]) -> None:
+    run_import(factory, import_skus, 'sku_code,name,description\nSKU-1,Oats,"Rolled\toats.\r\nKeep dry"\n')
+
+    with factory() as s:
+        assert s.scalars(sa.select(Sku.description)).one() == "Rolled\toats.\r\nKeep dry"
+
+
+def test_a_stream_that_is_not_utf8_is_rejected_with_its_line(
+    factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    path = tmp_path / "skus.csv"
+    good = b"sku_code,name\nSKU-1,Cafe\nSKU-2,Caf"
+    path.write_bytes(good + "\xe9\n".encode("latin-1"))
+
+    def work(s: Session) -> ImportResult:
+        with path.open(encoding="utf-8", newline="") as handle:  # as the CLI opens files
+            return import_skus(s, file=handle)
+
+    with pytest.raises(ImportFileError, match=r"^skus\.csv: not a UTF-8 file") as info:
+        run_in_transaction(factory, work)
+
+    assert info.value.row_errors == [(3, f"invalid UTF-8 at byte offset {len(good)}")]
+    with factory() as s:
+        assert count_rows(s, Sku) == 0
 
 
 def test_a_file_that_is_not_utf8_is_rejected_with_its_line(factory: sessionmaker[Session], tmp_path: Path) -> None:

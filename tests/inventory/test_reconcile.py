@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -14,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from inventory.db import run_in_transaction
-from inventory.errors import InvalidStateError, UnknownSkuError
+from inventory.errors import InvalidInputError, InvalidStateError, UnknownSkuError
 from inventory.models import (
     Alert,
     Discrepancy,
@@ -378,6 +379,21 @@ def test_rejected_scan_never_reconciles(factory: sessionmaker[Session]) -> None:
         scan_id = scan.id
     with factory.begin() as session, pytest.raises(InvalidStateError):
         reconcile_scan(session, scan_id=scan_id, policy=STRICT)
+
+
+@pytest.mark.usefixtures("shelf")
+def test_capture_time_in_the_future_is_refused(factory: sessionmaker[Session]) -> None:
+    """A typo'd year (2062 for 2026) would make every real scan of the shelf stale: refused."""
+    record = ScanRecord(location_code=SHELF, captured_at=at(0) + timedelta(days=365 * 36), image_sha256="f" * 64,
+                        image_size_bytes=1, source="test", observations=[ObservedCount("A", 1)])
+    with pytest.raises(InvalidInputError) as info:
+        run_in_transaction(factory, lambda s: record_scan(s, scan=record, now=at(0)))
+    assert info.value.reason == "captured_in_future"
+    within_skew = ScanRecord(location_code=SHELF, captured_at=at(4), image_sha256="e" * 64, image_size_bytes=1,
+                             source="test", observations=[ObservedCount("A", 1)])
+    run_in_transaction(factory, lambda s: record_scan(s, scan=within_skew, now=at(0)))
+    with factory() as session:
+        assert count_rows(session, Scan) == 1
 
 
 @pytest.mark.usefixtures("shelf")

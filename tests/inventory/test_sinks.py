@@ -98,7 +98,10 @@ def receiver() -> Iterator[Callable[..., Receiver]]:
                 if state.hold:
                     state.release.wait(timeout=30)
                 status = state.statuses(index)
-                answer = b'{"ok": true}' if status < 300 else b'{"error": "receiver says no"}'
+                # A careless receiver echoes the request in its error page, credentials and all.
+                echo = json.dumps({"error": "receiver says no", "path": self.path,
+                                   "auth": self.headers.get("Authorization", "")})
+                answer = b'{"ok": true}' if status < 300 else echo.encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(answer)))
@@ -471,6 +474,9 @@ def test_secret_and_url_password_never_reach_the_logs(
     for sensitive in (SECRET, URL_PASSWORD):
         assert sensitive not in logged
         assert sensitive not in repr(sink)
+    # The receiver echoed the Basic auth token and the query in its error pages: masked too.
+    assert "receiver says no" in (load(factory, second).last_error or "")
+    for sensitive in (SECRET, URL_PASSWORD, credentials, "t0k3n"):
         assert sensitive not in (load(factory, first).last_error or "")
         assert sensitive not in (load(factory, second).last_error or "")
     assert "t0k3n" not in repr(sink) and "***" in repr(sink)

@@ -120,3 +120,98 @@ def test_unmigrated_database_is_a_clear_error(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/empty.db"
     data = shelftally(url, "db", "current", "--json")
     assert data["current"] is None
+
+
+def run_raw(*args: str, env: dict[str, str] | None = None) -> Any:
+    return runner.invoke(app, list(args), env={"SHELFTALLY_ALERTS__CHANNELS": "log", **(env or {})})
+
+
+def test_commands_before_db_upgrade_say_so_and_create_nothing(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/typo.db"
+    for args in (("counts",), ("discrepancies",), ("discrepancies", "ack", "1"), ("alerts", "deliver"),
+                 ("import", "skus", str(sample_path("skus.csv")))):
+        result = run_raw("--database-url", url, *args)
+        assert result.exit_code == 1, result.output
+        assert "database_not_initialised" in result.output and "shelftally db upgrade" in result.output
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "typo.db").exists()
+
+
+def test_unmigrated_postgres_schema_is_reported(db_url: str) -> None:
+    result = run_raw("--database-url", db_url, "counts", "--json")
+    assert result.exit_code == 1
+    error = json.loads(result.stdout)
+    assert error["reason"] == "database_not_initialised"
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("garbage", "invalid_database_url"),
+        ("mysql://root@127.0.0.1/test", "invalid_database_url"),
+        ("postgresql+psycopg://postgres@127.0.0.1:1/test", "database_unavailable"),
+        ("sqlite:////nonexistent/dir/x.db", "database_unavailable"),
+    ],
+)
+def test_bad_database_urls_are_errors_not_tracebacks(url: str, reason: str) -> None:
+    result = run_raw("--database-url", url, "db", "upgrade")
+    assert result.exit_code == 1, result.output
+    assert reason in result.output
+    assert "Traceback" not in result.output
+
+
+def test_json_errors_are_json_on_stdout(warehouse: str) -> None:
+    result = run_raw("--database-url", warehouse, "adjust", "approve", "4242", "--json")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout) == {
+        "error": "NotFoundError", "reason": "not_found", "message": "discrepancy 4242 not found"
+    }
+
+
+def test_ids_out_of_range_are_usage_errors(warehouse: str) -> None:
+    result = run_raw("--database-url", warehouse, "discrepancies", "ack", "99999999999999999999")
+    assert result.exit_code == 2
+
+
+def test_approve_after_the_book_changed_needs_force(warehouse: str, tmp_path: Path) -> None:
+    shelftally(warehouse, "import", "counts", str(sample_path("counts.csv")))
+    shortage = next(r for r in shelftally(warehouse, "discrepancies", "--json") if r["kind"] == "shortage")
+    delivery = tmp_path / "stock.csv"
+    delivery.write_text("location_code,sku_code,quantity\nWH1-A01-B01-S1,SKU-1002,40\n")
+    shelftally(warehouse, "import", "stock", str(delivery))
+    output = shelftally(warehouse, "adjust", "approve", str(shortage["id"]), code=1)
+    assert "book_changed" in output
+    forced = shelftally(warehouse, "adjust", "approve", str(shortage["id"]), "--force", "--json")
+    assert (forced["from_quantity"], forced["to_quantity"]) == (40, 12)
+
+
+def test_unknown_setting_is_refused_before_any_work(warehouse: str) -> None:
+    result = run_raw("--database-url", warehouse, "counts", env={"SHELFTALLY_DATABSE_URL": "sqlite:///x.db"})
+    assert result.exit_code == 2
+    assert "SHELFTALLY_DATABSE_URL" in result.output
+
+
+def test_db_revisions(warehouse: str) -> None:
+    older = run_raw("--database-url", warehouse, "db", "upgrade", "--revision", "0001")
+    assert older.exit_code == 1 and "database_newer" in older.output
+    unknown = run_raw("--database-url", warehouse, "db", "upgrade", "--revision", "0099")
+    assert unknown.exit_code == 1 and "unknown_revision" in unknown.output
+    assert run_raw("--database-url", warehouse, "db", "downgrade", "0001").exit_code == 2  # needs --yes
+    assert run_raw("--database-url", warehouse, "db", "downgrade", "0001", "--yes").exit_code == 0
+    assert shelftally(warehouse, "db", "current", "--json")["current"] == "0001"
+    stale = run_raw("--database-url", warehouse, "counts")
+    assert stale.exit_code == 1 and "database_not_initialised" in stale.output
+    shelftally(warehouse, "db", "upgrade")
+    assert len(shelftally(warehouse, "counts", "--json")) == 11  # book rows survived the round trip
+
+
+def test_demo_refuses_a_file_as_workdir(tmp_path: Path) -> None:
+    target = tmp_path / "afile"
+    target.write_text("x")
+    result = run_raw("demo", "--workdir", str(target))
+    assert result.exit_code == 1 and "invalid_workdir" in result.output
+
+
+def test_version() -> None:
+    result = run_raw("--version")
+    assert result.exit_code == 0 and result.stdout.startswith("shelftally ")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from pydantic import ValidationError
 
 from inventory.reconcile import ReconcilePolicy
+from shelftally.errors import ConfigurationError
 from workers.settings import Settings
 
 
@@ -58,11 +58,48 @@ def test_dotenv_file_is_read(tmp_path: object) -> None:
         ({"SHELFTALLY_RECONCILE__TOLERANCE_FRACTION": "1.5"}, "less than 1"),
         ({"SHELFTALLY_ALERTS__CHANNELS": '["webhook"]'}, "webhook_url is not set"),
         ({"SHELFTALLY_ALERTS__CHANNELS": '["email"]'}, "'log' or 'webhook'"),
-        ({"SHELFTALLY_RECONCILE__TOLERENCE_UNITS": "1"}, "Extra inputs are not permitted"),
+        ({"SHELFTALLY_ALERTS__CHANNELS": "email"}, "'log' or 'webhook'"),
+        ({"SHELFTALLY_RECONCILE__TOLERENCE_UNITS": "1"}, "unknown setting(s): SHELFTALLY_RECONCILE__TOLERENCE_UNITS"),
+        ({"SHELFTALLY_DATABSE_URL": "sqlite:///x.db"}, "unknown setting(s): SHELFTALLY_DATABSE_URL"),
+        ({"SHELFTALLY_ALERTS__WEBHOOK_URL": "ftp://hooks.example/x"}, "absolute http(s) URL"),
+        ({"SHELFTALLY_ALERTS__WEBHOOK_URL": "not a url"}, "absolute http(s) URL"),
+        ({"SHELFTALLY_ALERTS__WEBHOOK_URL": "https://h/x", "SHELFTALLY_ALERTS__WEBHOOK_SECRET": ""}, "is empty"),
+        ({"SHELFTALLY_ALERTS__BACKOFF_CAP_S": "1000"}, "less than 300"),
     ],
 )
 def test_invalid_settings_are_refused(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str) -> None:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    with pytest.raises(ValidationError, match=message):
-        Settings()
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_environment()
+    assert message in str(info.value)
+    assert info.value.reason == "invalid_configuration"
+
+
+def test_errors_never_echo_secret_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHELFTALLY_ALERTS__CHANNELS", "webhook")
+    monkeypatch.setenv("SHELFTALLY_ALERTS__WEBHOOK_SECRET", "topsecret123")
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_environment()
+    assert "topsecret123" not in str(info.value)
+
+
+def test_comma_separated_channels(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHELFTALLY_ALERTS__CHANNELS", "log, webhook")
+    monkeypatch.setenv("SHELFTALLY_ALERTS__WEBHOOK_URL", "https://hooks.example/x")
+    assert Settings.from_environment().alerts.channels == ["log", "webhook"]
+
+
+def test_dotenv_shared_with_other_programs(tmp_path: object) -> None:
+    from pathlib import Path
+
+    Path(".env").write_text("POSTGRES_PASSWORD=x\nSHELFTALLY_RECONCILE__TOLERANCE_UNITS=3\n")
+    assert Settings.from_environment().reconcile.tolerance_units == 3
+    Path(".env").write_text("SHELFTALLY_RECONCILE__TOLERANCE_UNITZ=3\n")
+    with pytest.raises(ConfigurationError, match="TOLERANCE_UNITZ"):
+        Settings.from_environment()
+
+
+def test_overrides_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHELFTALLY_DATABASE_URL", "sqlite:///env.db")
+    assert Settings.from_environment(database_url="sqlite:///cli.db").database_url == "sqlite:///cli.db"
