@@ -17,7 +17,7 @@ class Detections:
             image, x1 <= x2 and y1 <= y2.
         confidence: (N,) float32 in [0, 1].
         class_id: (N,) int64, index into the model's labels.
-        truncated: True when more objects passed the confidence threshold than the maximum
+        truncated: True when more boxes survived non-maximum suppression than the maximum
             number of detections kept (the ``max_det`` of the backend); the kept ones are the
             most confident.
 

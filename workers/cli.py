@@ -34,6 +34,7 @@ from inventory.sinks import AlertSink, DeliveryReport, LogSink, WebhookSink, del
 from shelftally import __version__
 from shelftally.errors import ConfigurationError, ShelfTallyError
 from shelftally.redact import mask_url
+from workers.cli_detector import detector_app
 from workers.report import print_counts, print_discrepancies
 from workers.settings import Settings
 
@@ -50,6 +51,7 @@ app.add_typer(import_app, name="import")
 app.add_typer(discrepancies_app, name="discrepancies")
 app.add_typer(adjust_app, name="adjust")
 app.add_typer(alerts_app, name="alerts")
+app.add_typer(detector_app, name="detector")
 
 # Piped output (files, CI logs) gets wide tables instead of rich's 80-column default.
 console = Console(width=None if sys.stdout.isatty() else 160)

@@ -1,0 +1,199 @@
+"""Export a trained detector to ONNX and OpenVINO IR, in the model directory layout.
+
+``model.onnx``: ultralytics' ONNX export (``torch.onnx``, simplified by onnxslim, no NMS in the
+graph), input ``images`` (B, 3, H, W) float32 RGB in [0, 1] with dynamic batch and size, output
+(B, 4 + C, A): cx, cy, w, h in input pixels, then C class scores (see :mod:`detector.model_dir`).
+
+``openvino/model.xml`` + ``model.bin``: OpenVINO IR of the same graph, either converted from the
+ONNX file by ``openvino.convert_model`` / ``openvino.save_model`` (FP32 weights), or exported from
+the ``.pt`` by ultralytics. Ultralytics' leftover folders are removed.
+
+Nothing here touches the network: :func:`detector._offline.configure_offline` runs before
+ultralytics is imported.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from detector._offline import configure_offline
+from detector.errors import MissingDependencyError, ModelLoadError
+from detector.model_dir import OPENVINO_XML, WEIGHTS_ONNX, WEIGHTS_PT, read_model_dir
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["export_model_dir", "export_onnx", "export_openvino", "pt_imgsz"]
+
+FORMATS = ("onnx", "openvino")
+
+
+def _require_pt(pt: Path) -> None:
+    if not pt.is_file() or pt.suffix != ".pt":
+        raise ModelLoadError(f"{pt} is not an ultralytics .pt checkpoint", reason="model_file_missing")
+
+
+def pt_imgsz(pt: str | Path) -> int | None:
+    """The training image size recorded in an ultralytics checkpoint, if any."""
+    configure_offline()
+    import torch
+
+    checkpoint = torch.load(str(pt), map_location="cpu", weights_only=False)
+    args = checkpoint.get("train_args") if isinstance(checkpoint, dict) else None
+    value = args.get("imgsz") if isinstance(args, dict) else None
+    return int(value) if isinstance(value, int) else None
+
+
+def _check_onnx(path: Path) -> None:
+    try:
+        import onnx
+    except ImportError as error:
+        raise MissingDependencyError("onnx is not installed: pip install 'shelftally[train]'") from error
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    inputs = [i for i in model.graph.input if i.name not in {x.name for x in model.graph.initializer}]
+    if len(inputs) != 1 or inputs[0].name != "images" or len(inputs[0].type.tensor_type.shape.dim) != 4:
+        raise ModelLoadError(f"{path}: expected one input 'images' (B, 3, H, W)", reason="unexpected_graph")
+    outputs = model.graph.output
+    if len(outputs) != 1 or len(outputs[0].type.tensor_type.shape.dim) != 3:
+        raise ModelLoadError(f"{path}: expected one output (B, 4 + C, A)", reason="unexpected_graph")
+
+
+def export_onnx(
+    pt: str | Path, out: str | Path, imgsz: int, *, dynamic: bool = True, opset: int = 17, simplify: bool = True
+) -> Path:
+    """Export an ultralytics checkpoint to ONNX.
+
+    The export runs on a copy of the checkpoint in a temporary folder, so nothing is written
+    beside ``pt``.
+
+    Args:
+        pt: the ``.pt`` checkpoint.
+        out: a model directory (the file becomes ``out/model.onnx``) or a path ending in ``.onnx``.
+        imgsz: input side in pixels used for tracing (a multiple of 32); with ``dynamic`` the graph
+            accepts other sizes (multiples of 32) and any batch.
+        dynamic: dynamic batch, height and width.
+        opset: ONNX opset.
+        simplify: simplify the graph with onnxslim.
+
+    Returns:
+        Path of the written ONNX file.
+
+    Raises:
+        ModelLoadError: ``pt`` is not a checkpoint, or the exported graph does not have the
+            expected input/output.
+        MissingDependencyError: ultralytics or onnx is not installed (extra ``train``).
+    """
+    source = Path(pt)
+    _require_pt(source)
+    target = Path(out)
+    if target.suffix != ".onnx":
+        target = target / WEIGHTS_ONNX
+    target.parent.mkdir(parents=True, exist_ok=True)
+    configure_offline()
+    try:
+        from ultralytics.models.yolo.model import YOLO
+    except ImportError as error:
+        raise MissingDependencyError("ultralytics is not installed: pip install 'shelftally[train]'") from error
+    with tempfile.TemporaryDirectory(prefix="shelftally-export-") as tmp:
+        local = Path(tmp) / "model.pt"
+        shutil.copyfile(source, local)
+        exported = YOLO(str(local)).export(
+            format="onnx", imgsz=imgsz, dynamic=dynamic, simplify=simplify, opset=opset, device="cpu",
+            half=False, nms=False, verbose=False,
+        )
+        produced = Path(str(exported))
+        if not produced.is_file():
+            raise ModelLoadError(f"ultralytics export produced no ONNX file for {source}", reason="export_failed")
+        _check_onnx(produced)
+        shutil.move(str(produced), target)
+    logger.info("exported %s -> %s (imgsz %s, dynamic %s, opset %s)", source, target, imgsz, dynamic, opset)
+    return target
+
+
+def export_openvino(source: str | Path, out_dir: str | Path | None = None, *, imgsz: int | None = None) -> Path:
+    """Export a detector to OpenVINO IR (``openvino/model.xml`` and ``model.bin``).
+
+    Args:
+        source: an ONNX file (converted with ``openvino.convert_model``, weights kept FP32), an
+            ultralytics ``.pt`` (exported by ultralytics, dynamic shapes), or a model directory
+            (its ``model.onnx`` when present, else its ``model.pt``).
+        out_dir: the model directory to write into; default: the source's directory.
+        imgsz: tracing size for a ``.pt`` source; default the size it was trained at, else 640.
+
+    Returns:
+        Path of ``model.xml``.
+
+    Raises:
+        ModelLoadError: the source is missing or of an unknown kind.
+        MissingDependencyError: openvino (extra ``openvino``) or, for a ``.pt``, ultralytics
+            (extra ``train``) is not installed.
+    """
+    path = Path(source)
+    if path.is_dir():
+        if (path / WEIGHTS_ONNX).is_file():
+            path = path / WEIGHTS_ONNX
+        elif (path / WEIGHTS_PT).is_file():
+            path = path / WEIGHTS_PT
+        else:
+            raise ModelLoadError(f"{source} has neither {WEIGHTS_ONNX} nor {WEIGHTS_PT}", reason="model_file_missing")
+    if not path.is_file():
+        raise ModelLoadError(f"{path} does not exist", reason="model_file_missing")
+    root = Path(out_dir) if out_dir is not None else path.parent
+    xml = root / OPENVINO_XML
+    xml.parent.mkdir(parents=True, exist_ok=True)
+    configure_offline()
+    if path.suffix == ".onnx":
+        try:
+            import openvino as ov
+        except ImportError as error:
+            raise MissingDependencyError("openvino is not installed: pip install 'shelftally[openvino]'") from error
+        model = ov.convert_model(str(path))
+        ov.save_model(model, str(xml), compress_to_fp16=False)
+    elif path.suffix == ".pt":
+        try:
+            from ultralytics.models.yolo.model import YOLO
+        except ImportError as error:
+            raise MissingDependencyError("ultralytics is not installed: pip install 'shelftally[train]'") from error
+        size = imgsz or pt_imgsz(path) or 640
+        with tempfile.TemporaryDirectory(prefix="shelftally-export-") as tmp:
+            local = Path(tmp) / "model.pt"
+            shutil.copyfile(path, local)
+            folder = Path(str(YOLO(str(local)).export(format="openvino", imgsz=size, dynamic=True, half=False,
+                                                      device="cpu", verbose=False)))
+            produced = sorted(folder.glob("*.xml"))
+            if len(produced) != 1:
+                raise ModelLoadError(f"ultralytics OpenVINO export of {path} gave {produced}", reason="export_failed")
+            shutil.move(str(produced[0]), xml)
+            shutil.move(str(produced[0].with_suffix(".bin")), xml.with_suffix(".bin"))
+    else:
+        raise ModelLoadError(f"{path}: expected a .onnx or .pt file", reason="unknown_model_format")
+    logger.info("exported %s -> %s", path, xml)
+    return xml
+
+
+def export_model_dir(model_dir: str | Path, fmt: str) -> Path:
+    """(Re-)export the weights of a model directory in place.
+
+    ``onnx`` exports ``model.pt`` at the directory's ``preprocess.json`` input size; ``openvino``
+    converts ``model.onnx`` (or exports ``model.pt`` when there is no ONNX file).
+
+    Args:
+        model_dir: a model directory (see :mod:`detector.model_dir`).
+        fmt: ``"onnx"`` or ``"openvino"``.
+
+    Returns:
+        Path of the written ``model.onnx`` or ``openvino/model.xml``.
+
+    Raises:
+        ModelLoadError: not a model directory, the needed weights are missing, or ``fmt`` is unknown.
+        MissingDependencyError: the exporter's runtime is not installed.
+    """
+    info = read_model_dir(model_dir)
+    if fmt == "onnx":
+        return export_onnx(info.file(WEIGHTS_PT), info.path, info.preprocess.input_size)
+    if fmt == "openvino":
+        return export_openvino(info.path, info.path, imgsz=info.preprocess.input_size)
+    raise ModelLoadError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}", reason="unknown_format")

@@ -1,0 +1,264 @@
+"""Sliced inference for large pictures (dense shelves photographed at high resolution).
+
+Letterboxing a 12000 x 9000 picture into a 640 px input shrinks every product about 19 times;
+small facings vanish. :func:`detect` instead cuts such pictures into overlapping square tiles
+(the idea of SAHI, Akyon et al., "Slicing Aided Hyper Inference and Fine-tuning for Small
+Object Detection", ICIP 2022), runs the tiles through the backend in batches, shifts each
+tile's boxes back to picture pixels and merges them:
+
+1. a box cut by an *interior* tile edge (within ``edge_margin_px`` of a tile side that is not a
+   picture border) is dropped when a more complete box of the same class from another tile,
+   not itself cut, covers at least ``seam_ios`` of it (intersection over the cut box's area);
+   this comes before any NMS across tiles, which could otherwise keep a confident piece and
+   suppress the whole object;
+2. cut boxes left over from different tiles that cover each other by ``seam_ios``
+   (intersection over the smaller area) are pieces of one object larger than the overlap and
+   are replaced by their union, with the highest confidence;
+3. class-aware NMS over everything removes the duplicates of objects seen whole in two
+   overlapping tiles; then clipping to [0, W] x [0, H] and the ``max_det`` cap.
+
+Tiles are views into the picture (no copies) and each batch is letterboxed to the network's
+input size as uint8 before becoming float, so memory stays at one batch of inputs however big
+the picture is.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from detector.backends.base import DetectorBackend
+from detector.postprocess import nms
+from detector.types import Detections
+
+__all__ = ["Tile", "detect", "detect_tiled", "tile_grid"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OVERLAP = 0.2
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A window of the picture, pixels: ``[x1, x2) x [y1, y2)``."""
+
+    x1: int
+    y1: int
+    x2: int
+    y2: int
+
+
+def _positions(length: int, tile: int, overlap: float) -> list[int]:
+    if length <= tile:
+        return [0]
+    stride = tile * (1.0 - overlap)
+    count = math.ceil((length - tile) / stride) + 1
+    # Evenly spread so the last tile ends at the border; consecutive tiles overlap >= overlap.
+    return [round(i * (length - tile) / (count - 1)) for i in range(count)]
+
+
+def tile_grid(width: int, height: int, tile_px: int, overlap: float = DEFAULT_OVERLAP) -> list[Tile]:
+    """Overlapping square tiles covering a picture, row by row.
+
+    Args:
+        width: picture width, pixels.
+        height: picture height, pixels.
+        tile_px: tile side, pixels (a side of the picture shorter than this gets one tile of
+            the picture's length on that axis).
+        overlap: fraction of ``tile_px`` that neighbouring tiles share at least, in [0, 1).
+
+    Returns:
+        Tiles with ``0 <= x1 < x2 <= width``, ``0 <= y1 < y2 <= height``, covering the picture.
+
+    Raises:
+        ValueError: non-positive sizes or ``overlap`` outside [0, 1).
+    """
+    if width <= 0 or height <= 0 or tile_px <= 0:
+        raise ValueError(f"expected positive sizes, received width={width}, height={height}, tile_px={tile_px}")
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap: expected a value in [0, 1), received {overlap}")
+    xs, ys = _positions(width, tile_px, overlap), _positions(height, tile_px, overlap)
+    return [Tile(x, y, min(x + tile_px, width), min(y + tile_px, height)) for y in ys for x in xs]
+
+
+def _intersections(box: npt.NDArray[np.float32], boxes: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    w = np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0])
+    h = np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1])
+    inter: npt.NDArray[np.float32] = np.clip(w, 0.0, None) * np.clip(h, 0.0, None)
+    return inter
+
+
+def _area(xyxy: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    area: npt.NDArray[np.float32] = (xyxy[:, 2] - xyxy[:, 0]) * (xyxy[:, 3] - xyxy[:, 1])
+    return area
+
+
+def _cut_flags(
+    xyxy: npt.NDArray[np.float32], tile: Tile, width: int, height: int, margin: float
+) -> npt.NDArray[np.bool_]:
+    """True for boxes within ``margin`` of a tile side that lies inside the picture."""
+    cut = np.zeros(len(xyxy), dtype=bool)
+    if tile.x1 > 0:
+        cut |= xyxy[:, 0] <= tile.x1 + margin
+    if tile.x2 < width:
+        cut |= xyxy[:, 2] >= tile.x2 - margin
+    if tile.y1 > 0:
+        cut |= xyxy[:, 1] <= tile.y1 + margin
+    if tile.y2 < height:
+        cut |= xyxy[:, 3] >= tile.y2 - margin
+    return cut
+
+
+def _merge_seams(
+    xyxy: npt.NDArray[np.float32],
+    confidence: npt.NDArray[np.float32],
+    class_id: npt.NDArray[np.int64],
+    tile_index: npt.NDArray[np.int64],
+    cut: npt.NDArray[np.bool_],
+    seam_ios: float,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """Steps 1 and 2 of the module docstring."""
+    alive = np.ones(len(xyxy), dtype=bool)
+    area = _area(xyxy)
+    cut_indices = np.flatnonzero(cut)
+    # 1. A cut box mostly inside a complete box of the same class from another tile goes.
+    for i in cut_indices[np.argsort(area[cut_indices], kind="stable")]:
+        complete = alive & ~cut & (class_id == class_id[i]) & (tile_index != tile_index[i]) & (area >= area[i])
+        if complete.any():
+            covered = _intersections(xyxy[i], xyxy[complete]) / max(float(area[i]), 1e-9)
+            if (covered >= seam_ios).any():
+                alive[i] = False
+    # 2. Pieces of one object cut in several tiles join (union-find over covering pairs).
+    parent = {int(i): int(i) for i in cut_indices if alive[i]}
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    pieces = np.array(sorted(parent), dtype=np.int64)
+    for position, i in enumerate(pieces):
+        others = pieces[position + 1 :]
+        others = others[(class_id[others] == class_id[i]) & (tile_index[others] != tile_index[i])]
+        if others.size == 0:
+            continue
+        smaller = np.minimum(area[others], area[i])
+        covered = _intersections(xyxy[i], xyxy[others]) / np.maximum(smaller, 1e-9)
+        for j in others[covered >= seam_ios]:
+            parent[root(int(j))] = root(int(i))
+    groups: dict[int, list[int]] = {}
+    for i in parent:
+        groups.setdefault(root(i), []).append(i)
+    out_xyxy, out_conf, out_cls = [xyxy[alive & ~cut]], [confidence[alive & ~cut]], [class_id[alive & ~cut]]
+    for members in groups.values():
+        member_boxes = xyxy[members]
+        out_xyxy.append(np.array([[member_boxes[:, 0].min(), member_boxes[:, 1].min(),
+                                   member_boxes[:, 2].max(), member_boxes[:, 3].max()]], dtype=np.float32))
+        out_conf.append(np.array([confidence[members].max()], dtype=np.float32))
+        out_cls.append(np.array([class_id[members[0]]], dtype=np.int64))
+    return np.concatenate(out_xyxy), np.concatenate(out_conf), np.concatenate(out_cls)
+
+
+def detect_tiled(
+    backend: DetectorBackend,
+    image: npt.NDArray[np.uint8],
+    *,
+    tile_px: int | None = None,
+    tile_overlap: float = DEFAULT_OVERLAP,
+    edge_margin_px: float | None = None,
+    seam_ios: float = 0.6,
+    max_det: int | None = None,
+) -> Detections:
+    """Detect objects tile by tile (always tiles; see :func:`detect` for the size test).
+
+    Args:
+        backend: a loaded detector backend (its ``conf``, ``iou`` and ``batch_size`` apply).
+        image: (H, W, 3) uint8 RGB, upright.
+        tile_px: tile side in picture pixels; default the model's input size (tiles run at
+            native resolution). Larger tiles are downscaled to the input size.
+        tile_overlap: fraction of ``tile_px`` that neighbouring tiles share, in [0, 1); objects
+            narrower than the overlap are seen whole in at least one tile.
+        edge_margin_px: a box this close to an interior tile side counts as cut; default two
+            network-input pixels (``2 * tile_px / input_size``, at least 2).
+        seam_ios: intersection-over-smaller-area above which a cut box is a piece of another
+            box (steps 1 and 2 of the module docstring).
+        max_det: most detections kept for the picture; default the backend's ``max_det``.
+
+    Returns:
+        Detections in picture pixels within [0, W] x [0, H], most confident first;
+        ``truncated`` when any tile or the final cap hit its limit.
+
+    Raises:
+        ValueError: ``image`` is not (H, W, 3) uint8, or bad tile settings.
+    """
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image: expected (H, W, 3) uint8 RGB, received {getattr(image, 'shape', None)}")
+    height, width = int(image.shape[0]), int(image.shape[1])
+    input_size = backend.preprocess.input_size
+    side = tile_px or input_size
+    margin = edge_margin_px if edge_margin_px is not None else max(2.0, 2.0 * side / input_size)
+    limit = max_det or backend.config.max_det
+    tiles = tile_grid(width, height, side, tile_overlap)
+    results = backend.predict([image[t.y1 : t.y2, t.x1 : t.x2] for t in tiles])
+    truncated = any(r.truncated for r in results)
+    parts_xyxy, parts_conf, parts_cls, parts_tile, parts_cut = [], [], [], [], []
+    for index, (tile, found) in enumerate(zip(tiles, results, strict=True)):
+        if not len(found):
+            continue
+        shifted = found.xyxy + np.array([tile.x1, tile.y1, tile.x1, tile.y1], dtype=np.float32)
+        parts_xyxy.append(shifted)
+        parts_conf.append(found.confidence)
+        parts_cls.append(found.class_id)
+        parts_tile.append(np.full(len(found), index, dtype=np.int64))
+        parts_cut.append(_cut_flags(shifted, tile, width, height, margin))
+    logger.debug("tiled %sx%s picture into %s tiles of %s px", width, height, len(tiles), side)
+    if not parts_xyxy:
+        return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64), truncated)
+    xyxy, confidence = np.concatenate(parts_xyxy), np.concatenate(parts_conf)
+    class_id, tile_index, cut = np.concatenate(parts_cls), np.concatenate(parts_tile), np.concatenate(parts_cut)
+    xyxy, confidence, class_id = _merge_seams(xyxy, confidence, class_id, tile_index, cut, seam_ios)
+    np.clip(xyxy[:, 0::2], 0.0, float(width), out=xyxy[:, 0::2])
+    np.clip(xyxy[:, 1::2], 0.0, float(height), out=xyxy[:, 1::2])
+    keep = nms(xyxy, confidence, class_id, backend.config.iou)
+    truncated = truncated or keep.size > limit
+    keep = keep[:limit]
+    return Detections(xyxy[keep], confidence[keep], class_id[keep], truncated)
+
+
+def detect(
+    backend: DetectorBackend,
+    image: npt.NDArray[np.uint8],
+    *,
+    tile_threshold_px: int | None = None,
+    tile_px: int | None = None,
+    tile_overlap: float = DEFAULT_OVERLAP,
+    max_det: int | None = None,
+) -> Detections:
+    """Detect objects in one picture, tiling it only when it is large.
+
+    Args:
+        backend: a loaded detector backend.
+        image: (H, W, 3) uint8 RGB, upright.
+        tile_threshold_px: pictures whose longer side exceeds this are tiled; default three
+            times the model's input size (beyond that, letterboxing shrinks objects more
+            than 3x).
+        tile_px: tile side (default the model's input size); see :func:`detect_tiled`.
+        tile_overlap: tile overlap fraction in [0, 1).
+        max_det: most detections kept for a tiled picture (default the backend's).
+
+    Returns:
+        Detections in picture pixels (see :func:`detect_tiled` and
+        :meth:`~detector.backends.base.DetectorBackend.predict`).
+
+    Raises:
+        ValueError: ``image`` is not (H, W, 3) uint8, or bad tile settings.
+    """
+    threshold = tile_threshold_px if tile_threshold_px is not None else 3 * backend.preprocess.input_size
+    if max(image.shape[:2]) <= threshold:
+        return backend.predict([image])[0]
+    return detect_tiled(backend, image, tile_px=tile_px, tile_overlap=tile_overlap, max_det=max_det)
