@@ -182,6 +182,14 @@ class ImportResult:
             )
 
 
+def _result(kind: str, file_name: str, rows: int, inserted: int, updated: int, actor: str) -> ImportResult:
+    """The import's result (rows neither inserted nor updated were unchanged), logged."""
+    result = ImportResult(file_name, rows, inserted, updated, rows - inserted - updated)
+    logger.info("%s import file=%s actor=%s rows=%s inserted=%s updated=%s unchanged=%s",
+                kind, result.file_name, actor, result.rows_read, result.inserted, result.updated, result.unchanged)
+    return result
+
+
 # --------------------------------------------------------------------------------------- reading
 
 
@@ -578,10 +586,7 @@ def import_skus(session: Session, *, file: ImportFile, actor: str = "wms_import"
         )
         inserted += n_inserted
         updated += n_updated
-    result = ImportResult(table.name, len(records), inserted, updated, len(records) - inserted - updated)
-    logger.info("sku import file=%s actor=%s rows=%s inserted=%s updated=%s unchanged=%s",
-                result.file_name, actor, result.rows_read, result.inserted, result.updated, result.unchanged)
-    return result
+    return _result("sku", table.name, len(records), inserted, updated, actor)
 
 
 # -------------------------------------------------------------------------------------- locations
@@ -819,10 +824,7 @@ def import_locations(session: Session, *, file: ImportFile, actor: str = "wms_im
             ids.update(session.execute(
                 sa.select(Location.location_code, Location.id).where(Location.location_code.in_(code_chunk))
             ).all())
-    result = ImportResult(table.name, len(records), inserted, updated, len(records) - inserted - updated)
-    logger.info("location import file=%s actor=%s rows=%s inserted=%s updated=%s unchanged=%s",
-                result.file_name, actor, result.rows_read, result.inserted, result.updated, result.unchanged)
-    return result
+    return _result("location", table.name, len(records), inserted, updated, actor)
 
 
 # ------------------------------------------------------------------------------------------ stock
@@ -962,11 +964,7 @@ def import_stock(session: Session, *, file: ImportFile, actor: str = "wms_import
         session.execute(sa.insert(StockAdjustment), list(ledger_chunk))
     _expire_cached(session, StockLevel, updated_ids)
 
-    result = ImportResult(table.name, len(records), len(created), len(updates),
-                          len(records) - len(created) - len(updates))
-    logger.info("stock import file=%s actor=%s rows=%s inserted=%s updated=%s unchanged=%s",
-                result.file_name, actor, result.rows_read, result.inserted, result.updated, result.unchanged)
-    return result
+    return _result("stock", table.name, len(records), len(created), len(updates), actor)
 
 
 def _ledger_row(
