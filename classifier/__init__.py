@@ -1,5 +1,19 @@
-"""SKU recognition on crops: training, export, runtime backends, open-set rejection, gallery.
+"""SKU recognition on crops: model directories, datasets, backbones, export, runtime backends.
 
-Knows nothing of databases or queues (enforced by import-linter, see ``pyproject.toml``).
-The classifier itself arrives with issue 4.
+Modules:
+
+- :mod:`classifier.types`: :class:`~classifier.types.Classifications`, the result for N crops
+  (``class_id``, ``sku_code``, ``confidence``, L2-normalised ``embedding``).
+- :mod:`classifier.model_dir`: the model directory format (weights, ``labels.json`` = SKU codes,
+  ``preprocess.json``, ``architecture.json``, metrics, provenance); no runtime needed.
+- :mod:`classifier.preprocess`: crops -> normalised NCHW batch, in numpy/OpenCV (shared by all backends).
+- :mod:`classifier.dataset`: labelled images from the Grocery Store dataset, an image folder or
+  a list file; broken images are reported, not fatal.
+- :mod:`classifier.backbones`: torchvision backbones with an embedding and classifier head;
+  local weights only (extra ``train``).
+- :mod:`classifier.export`: ONNX (dynamic or fixed batch) and OpenVINO IR export (extra ``train``).
+- :mod:`classifier.backends`: ``load(model_dir, backend="onnx" | "openvino" | "torch")`` and
+  ``classify(crops)``; each runtime is imported only when its backend is loaded.
+
+Knows nothing of databases, queues or the detector (enforced by import-linter, see ``pyproject.toml``).
 """

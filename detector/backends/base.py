@@ -35,6 +35,7 @@ from detector.model_dir import ModelDir, Preprocess
 from detector.postprocess import DEFAULT_MAX_DET, check_thresholds, decode
 from detector.preprocess import letterbox
 from detector.types import Detections
+from shelftally.devices import parse_cuda_device
 from shelftally.errors import ConfigurationError
 
 __all__ = [
@@ -68,19 +69,6 @@ def threads_per_process(processes: int) -> int:
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
     return max(1, cores // processes)
-
-
-def parse_cuda_device(device: str) -> int | None:
-    """The CUDA device index of ``"cuda"`` / ``"cuda:N"``, or None for other device strings."""
-    name = device.strip().lower()
-    if name == "cuda":
-        return 0
-    if name.startswith("cuda:"):
-        index = name.split(":", 1)[1]
-        if not index.isdigit():
-            raise ConfigurationError(f"device {device!r}: expected cuda:N with N an integer", reason="invalid_device")
-        return int(index)
-    return None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,534 @@
+"""Classifier networks: a torchvision backbone, an L2-normalised embedding and a classifier head.
+
+Needs ``pip install 'shelftally[train]'`` (torch, torchvision). Weights are never downloaded:
+a backbone starts from random initialisation, or from a state dict in a local file
+(``pretrained=PATH``), e.g. torchvision's ImageNet checkpoint copied onto the machine, or the
+``model.pt`` of another classifier model directory.
+
+The network (:class:`EmbeddingClassifier`) maps a (B, 3, S, S) float32 batch, normalised as the
+model directory's ``preprocess.json`` says, to two outputs::
+
+    features  = backbone(images)                       (B, F)  pooled, the torchvision head removed
+    embedding = normalize(Linear(Dropout(features)))   (B, D)  unit L2 norm
+    logits    = head(embedding)                        (B, C)
+
+``head`` is ``"cosine"`` (the default: ``logit_scale`` x cosine similarity to one weight vector
+per class, NormSoftmax of Zhai & Wu, "Classification is a Strong Baseline for Deep Metric
+Learning", BMVC 2019, which makes the embedding directly usable for nearest-neighbour galleries)
+or ``"linear"`` (``nn.Linear`` with bias on the embedding).
+
+BatchNorm momentum is set to 0.1 in every backbone: torchvision's MobileNetV3 uses 0.01, and on
+this project's machines a mobilenet_v3 trained for few steps stayed at chance accuracy on the
+validation split while its training loss went to zero; 0.1 fixed it (``shared/ENVIRONMENT.md``,
+"Training on small data on 2 cores"). After very few steps even 0.1 lags: re-estimate the
+statistics with :func:`recalibrate_batchnorm` before evaluating or exporting.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from classifier.errors import MissingDependencyError, ModelLoadError
+from classifier.model_dir import (
+    WEIGHTS_PT,
+    Architecture,
+    ModelDir,
+    Preprocess,
+    read_model_dir,
+    write_metadata,
+)
+
+try:
+    import torch
+    import torchvision
+    from torch import nn
+    from torch.nn import functional
+except ImportError as _error:  # pragma: no cover - the tests run with torch installed
+    raise MissingDependencyError(
+        "classifier.backbones needs torch and torchvision: pip install 'shelftally[train]'"
+    ) from _error
+
+__all__ = [
+    "BACKBONES",
+    "DEFAULT_BN_MOMENTUM",
+    "CosineHead",
+    "EmbeddingClassifier",
+    "build_model",
+    "l2_normalize",
+    "load_model_dir",
+    "load_pretrained",
+    "recalibrate_batchnorm",
+    "save_model_dir",
+    "set_bn_momentum",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BN_MOMENTUM = 0.1
+"""BatchNorm momentum of every backbone (torchvision's MobileNetV3 default, 0.01, does not learn
+in few steps: ``shared/ENVIRONMENT.md``)."""
+
+
+def _features_stages(model: nn.Module) -> list[nn.Module]:
+    return list(model.get_submodule("features").children())
+
+
+def _resnet_stages(model: nn.Module) -> list[nn.Module]:
+    stem = nn.ModuleList([model.get_submodule("conv1"), model.get_submodule("bn1")])  # grouping only
+    return [stem, *(model.get_submodule(f"layer{i}") for i in range(1, 5))]
+
+
+@dataclass(frozen=True)
+class _Backbone:
+    """A torchvision classification model and how to take its head off.
+
+    Attributes:
+        builder: ``torchvision.models`` builder, called with ``weights=None`` (never downloads).
+        head: attribute holding the ImageNet head; replaced by ``nn.Identity`` so that the
+            model returns its pooled (B, F) features.
+        stages: the backbone's stages from input to output (what ``trainable_stages`` counts).
+    """
+
+    builder: Callable[..., Any]
+    head: str
+    stages: Callable[[nn.Module], list[nn.Module]]
+
+
+BACKBONES: dict[str, _Backbone] = {
+    "mobilenet_v3_small": _Backbone(torchvision.models.mobilenet_v3_small, "classifier", _features_stages),
+    "mobilenet_v3_large": _Backbone(torchvision.models.mobilenet_v3_large, "classifier", _features_stages),
+    "resnet18": _Backbone(torchvision.models.resnet18, "fc", _resnet_stages),
+    "efficientnet_b0": _Backbone(torchvision.models.efficientnet_b0, "classifier", _features_stages),
+}
+"""Backbone name -> torchvision model. Feature sizes F: mobilenet_v3_small 576,
+mobilenet_v3_large 960, resnet18 512, efficientnet_b0 1280."""
+
+
+def l2_normalize(rows: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Divide each row of a (B, D) tensor by its L2 norm (at least ``eps``).
+
+    The same arithmetic as ``torch.nn.functional.normalize(rows, dim=1)``, written with a
+    broadcast division instead of ``expand_as`` so that the exported ONNX graph keeps D static
+    (with ``normalize`` the embedding output's width becomes a symbolic dimension).
+    """
+    norms: torch.Tensor = torch.linalg.vector_norm(rows, ord=2, dim=1, keepdim=True)
+    return rows / norms.clamp_min(eps)
+
+
+class CosineHead(nn.Module):
+    """Logits = ``scale`` x cosine similarity between the input and one weight vector per class.
+
+    Args:
+        in_features: D, length of the (already L2-normalised) embedding.
+        num_classes: C.
+        scale: inverse temperature (NormSoftmax uses 1 / 0.05 = 20; 16 is the default here).
+    """
+
+    def __init__(self, in_features: int, num_classes: int, scale: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_classes, in_features))
+        nn.init.normal_(self.weight, std=0.01)
+        self.scale = float(scale)
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        """(B, D) unit embeddings -> (B, C) logits in [-scale, scale]."""
+        return self.scale * functional.linear(embedding, l2_normalize(self.weight))
+
+
+class EmbeddingClassifier(nn.Module):
+    """A backbone with an L2-normalised embedding and a classifier head (see the module docstring).
+
+    Build it with :func:`build_model`.
+
+    Args:
+        backbone: torchvision model with its head replaced by ``nn.Identity`` ((B, 3, S, S) -> (B, F)).
+        feature_dim: F.
+        num_classes: C.
+        architecture: the recorded architecture (written to ``architecture.json``).
+        stages: the backbone's stages from input to output (for :meth:`freeze_backbone`).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature_dim: int,
+        num_classes: int,
+        architecture: Architecture,
+        stages: list[nn.Module],
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes: expected a positive integer, received {num_classes}")
+        self.architecture = architecture
+        self.num_classes = num_classes
+        self.feature_dim = feature_dim
+        self.backbone = backbone
+        self.dropout = nn.Dropout(architecture.dropout)
+        self.embed = nn.Linear(feature_dim, architecture.embedding_dim)
+        self.head: nn.Module = (
+            CosineHead(architecture.embedding_dim, num_classes, architecture.logit_scale)
+            if architecture.head == "cosine"
+            else nn.Linear(architecture.embedding_dim, num_classes)
+        )
+        self._stages = stages  # a plain list: the modules are registered under self.backbone
+
+    @property
+    def embedding_dim(self) -> int:
+        """D."""
+        return self.architecture.embedding_dim
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Classify a batch.
+
+        Args:
+            images: (B, 3, S, S) float32, normalised per ``preprocess.json``.
+
+        Returns:
+            ``(logits, embedding)``: (B, C) float32 raw class scores (softmax gives
+            probabilities) and (B, D) float32 with unit L2 norm.
+        """
+        features = self.backbone(images)
+        embedding = l2_normalize(self.embed(self.dropout(features)))
+        return self.head(embedding), embedding
+
+    @property
+    def stages(self) -> list[nn.Module]:
+        """The backbone's stages from input to output."""
+        return list(self._stages)
+
+    def freeze_backbone(self, trainable_stages: int = 0) -> None:
+        """Stop training the backbone except its last ``trainable_stages`` stages.
+
+        The embedding and the head stay trainable. Frozen BatchNorm layers also keep their
+        running statistics (they stay in eval mode when :meth:`train` is called).
+
+        Args:
+            trainable_stages: number of stages, counted from the output end, that stay
+                trainable (0: the whole backbone is frozen; ``len(stages)`` or more: all of it
+                stays trainable).
+
+        Raises:
+            ValueError: ``trainable_stages < 0``.
+        """
+        if trainable_stages < 0:
+            raise ValueError(f"trainable_stages: expected >= 0, received {trainable_stages}")
+        self.backbone.requires_grad_(False)
+        if trainable_stages:
+            for stage in self._stages[-trainable_stages:]:
+                stage.requires_grad_(True)
+        self.train(self.training)
+
+    def unfreeze(self) -> None:
+        """Make every parameter trainable again."""
+        self.requires_grad_(True)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> EmbeddingClassifier:
+        """Set training mode; BatchNorm layers whose parameters are all frozen stay in eval mode."""
+        super().train(mode)
+        if mode:
+            for module in self.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm) and _is_frozen(module):
+                    module.eval()
+        return self
+
+
+def set_bn_momentum(module: nn.Module, momentum: float) -> int:
+    """Set the momentum of every BatchNorm layer in ``module``; returns how many were changed."""
+    count = 0
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            layer.momentum = momentum
+            count += 1
+    return count
+
+
+def _is_frozen(layer: nn.Module) -> bool:
+    params = list(layer.parameters(recurse=False))
+    return bool(params) and not any(p.requires_grad for p in params)
+
+
+def recalibrate_batchnorm(model: EmbeddingClassifier, batches: Iterable[torch.Tensor]) -> int:
+    """Re-estimate BatchNorm running statistics as exact averages over ``batches`` ("precise BN").
+
+    After few training steps the running statistics lag the weights (each step moves them only
+    by ``momentum``). Measured here on the test suite's toy model (mobilenet_v3_small, 64 px,
+    4 classes, 30 AdamW steps of 16 crops, momentum 0.1): in eval mode every crop got almost the
+    same embedding (cosine 0.99998 between any two) and 21-26 % of 200 fresh crops were right
+    (chance: 25 %); after re-estimating on 4 x 64 crops, 87-94 % (three seeds). The same procedure as
+    ``torch.optim.swa_utils.update_bn`` (see also Wu & Johnson, "Rethinking 'Batch' in
+    BatchNorm", 2021), except that frozen BatchNorm layers (all parameters without gradient,
+    :meth:`EmbeddingClassifier.freeze_backbone`) keep their statistics, where ``update_bn``
+    would reset them.
+
+    Args:
+        model: the network; its training/eval mode is restored afterwards.
+        batches: (B, 3, S, S) float32 input batches, normalised per ``preprocess.json``, e.g.
+            a few hundred training crops without augmentation.
+
+    Returns:
+        The number of BatchNorm layers re-estimated.
+
+    Raises:
+        ValueError: ``batches`` is empty (the statistics would be lost).
+    """
+    layers = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and not _is_frozen(m)
+    ]
+    momenta = {layer: layer.momentum for layer in layers}
+    saved = {layer: {k: v.clone() for k, v in layer.state_dict().items() if k.startswith(("running_", "num_"))}
+             for layer in layers}
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # cumulative moving average: an exact mean over the batches
+    was_training = model.training
+    model.train()
+    seen = 0
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                model(batch)
+                seen += 1
+    finally:
+        for layer in layers:
+            layer.momentum = momenta[layer]
+        model.train(was_training)
+    if not seen:
+        for layer, buffers in saved.items():
+            layer.load_state_dict(buffers, strict=False)
+        raise ValueError("batches: expected at least one batch, received none (statistics left as they were)")
+    return len(layers)
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ModelLoadError(f"weights file {path} does not exist", reason="model_file_missing")
+    try:
+        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as error:
+        raise ModelLoadError(
+            f"cannot read weights {path} (expected a torch state dict): {error}", reason="model_file_unreadable"
+        ) from error
+    if isinstance(loaded, Mapping):
+        for key in ("state_dict", "model"):
+            inner = loaded.get(key)
+            if isinstance(inner, Mapping):
+                loaded = inner
+                break
+    if not isinstance(loaded, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
+    ):
+        raise ModelLoadError(
+            f"{path}: expected a state dict (parameter names -> tensors), received {type(loaded).__name__}",
+            reason="model_file_unreadable",
+        )
+    return dict(loaded)
+
+
+def _listing(names: list[str], limit: int = 6) -> str:
+    shown = ", ".join(names[:limit])
+    return f"{shown}, ... ({len(names)} in all)" if len(names) > limit else shown
+
+
+def _mismatch(state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], *, optional: str = "") -> str:
+    """Empty when ``state`` fits ``target`` key for key and shape for shape, else what differs.
+
+    Keys of ``target`` ending with ``optional`` (when given) may be absent from ``state``.
+    """
+    missing = sorted(k for k in target if k not in state and not (optional and k.endswith(optional)))
+    unexpected = sorted(k for k in state if k not in target)
+    reshaped = sorted(
+        f"{k} {tuple(state[k].shape)} (expected {tuple(target[k].shape)})"
+        for k in state
+        if k in target and state[k].shape != target[k].shape
+    )
+    return "; ".join(
+        f"{label}: {_listing(keys)}"
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", reshaped))
+        if keys
+    )
+
+
+def load_pretrained(backbone: nn.Module, path: str | Path, *, name: str) -> None:
+    """Load backbone weights from a local state-dict file (never from a hub).
+
+    Accepted layouts: a torchvision checkpoint of the same architecture (``features.0.0.weight``
+    ...; its ImageNet head is ignored), or the ``model.pt`` of an :class:`EmbeddingClassifier`
+    (``backbone.*``; its embedding and head are ignored). A ``{"state_dict": ...}`` or
+    ``{"model": ...}`` wrapper and a ``module.`` prefix (``DataParallel``) are unwrapped.
+    BatchNorm ``num_batches_tracked`` counters may be absent (old torchvision checkpoints).
+
+    Args:
+        backbone: the torchvision model with its head already replaced by ``nn.Identity``.
+        path: the weights file (``torch.load(weights_only=True)``: no code is unpickled).
+        name: the backbone's name in :data:`BACKBONES`.
+
+    Raises:
+        ModelLoadError: the file is missing (reason ``model_file_missing``), is not a state dict
+            (``model_file_unreadable``), or does not fit: keys missing, unexpected or of another
+            shape (``pretrained_mismatch``; the message lists them).
+    """
+    source = Path(path)
+    state = _read_state_dict(source)
+    if state and all(key.startswith("module.") for key in state):
+        state = {key.removeprefix("module."): value for key, value in state.items()}
+    ignored: list[str]
+    if any(key.startswith("backbone.") for key in state):
+        ignored = sorted(key for key in state if not key.startswith("backbone."))
+        state = {key.removeprefix("backbone."): value for key, value in state.items() if key.startswith("backbone.")}
+    else:
+        head = BACKBONES[name].head + "."
+        ignored = sorted(key for key in state if key.startswith(head))
+        state = {key: value for key, value in state.items() if not key.startswith(head)}
+    target = backbone.state_dict()
+    problems = _mismatch(state, target, optional="num_batches_tracked")
+    if problems:
+        raise ModelLoadError(
+            f"pretrained weights {source} do not fit a {name} backbone; {problems}", reason="pretrained_mismatch"
+        )
+    for key, value in target.items():
+        state.setdefault(key, value)  # num_batches_tracked counters absent from the file
+    backbone.load_state_dict(state, strict=True)
+    logger.info(
+        "loaded %s backbone weights from %s (%s tensors; ignored head tensors: %s)",
+        name, source, len(state), _listing(ignored) or "none",
+    )
+
+
+def build_model(
+    architecture: str | Architecture,
+    num_classes: int,
+    *,
+    pretrained: str | Path | None = None,
+    freeze: bool = False,
+    trainable_stages: int = 0,
+    bn_momentum: float = DEFAULT_BN_MOMENTUM,
+) -> EmbeddingClassifier:
+    """Build a classifier network.
+
+    Args:
+        architecture: a backbone name in :data:`BACKBONES` (with the defaults of
+            :class:`~classifier.model_dir.Architecture`: 128-D embedding, cosine head) or a
+            full :class:`~classifier.model_dir.Architecture`.
+        num_classes: C, the number of SKUs.
+        pretrained: a local state-dict file for the backbone (:func:`load_pretrained`); None:
+            random initialisation. Nothing is ever downloaded.
+        freeze: freeze the backbone (:meth:`EmbeddingClassifier.freeze_backbone`); the
+            embedding and head stay trainable.
+        trainable_stages: with ``freeze``, the number of last backbone stages left trainable.
+        bn_momentum: momentum of every BatchNorm layer (:data:`DEFAULT_BN_MOMENTUM`).
+
+    Returns:
+        The network, in training mode, on the CPU.
+
+    Raises:
+        ModelLoadError: unknown backbone name (reason ``unknown_architecture``; the message
+            lists the valid names), or ``pretrained`` cannot be loaded (see :func:`load_pretrained`).
+        ValueError: ``num_classes < 1`` or ``trainable_stages < 0``.
+    """
+    arch = Architecture(architecture) if isinstance(architecture, str) else architecture
+    spec = BACKBONES.get(arch.name)
+    if spec is None:
+        raise ModelLoadError(
+            f"unknown classifier backbone {arch.name!r}; valid names: {', '.join(sorted(BACKBONES))}",
+            reason="unknown_architecture",
+        )
+    if num_classes < 1:
+        raise ValueError(f"num_classes: expected a positive integer, received {num_classes}")
+    backbone: nn.Module = spec.builder(weights=None)
+    old_head: nn.Module = getattr(backbone, spec.head)
+    linears = [m for m in old_head.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ModelLoadError(f"{arch.name}: no linear layer in its {spec.head!r} head", reason="invalid_architecture")
+    feature_dim = int(linears[0].in_features)
+    setattr(backbone, spec.head, nn.Identity())
+    if pretrained is not None:
+        load_pretrained(backbone, pretrained, name=arch.name)
+    set_bn_momentum(backbone, bn_momentum)
+    model = EmbeddingClassifier(backbone, feature_dim, num_classes, arch, spec.stages(backbone))
+    if freeze:
+        model.freeze_backbone(trainable_stages)
+    elif trainable_stages:
+        raise ValueError("trainable_stages: only meaningful with freeze=True")
+    return model
+
+
+def save_model_dir(
+    model: EmbeddingClassifier,
+    path: str | Path,
+    *,
+    labels: list[str],
+    preprocess: Preprocess,
+    metrics: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> ModelDir:
+    """Write a model directory: ``model.pt`` (state dict), ``architecture.json`` and the metadata.
+
+    Args:
+        model: the network.
+        path: the model directory (created if needed).
+        labels: SKU codes; index = class_id; as many as the network's classes.
+        preprocess: the input preparation the network was trained with.
+        metrics: written to ``metrics.json`` when given.
+        provenance: written to ``provenance.json`` when given.
+
+    Returns:
+        The directory as read back by :func:`~classifier.model_dir.read_model_dir`.
+
+    Raises:
+        ValueError: ``len(labels)`` differs from the network's number of classes.
+        ModelLoadError: invalid labels (reason ``invalid_labels``).
+    """
+    if len(labels) != model.num_classes:
+        raise ValueError(f"labels: expected {model.num_classes} SKU codes (one per class), received {len(labels)}")
+    root = write_metadata(
+        path, labels=labels, preprocess=preprocess, architecture=model.architecture,
+        metrics=metrics, provenance=provenance,
+    )
+    state = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
+    torch.save(state, str(root / WEIGHTS_PT))
+    return read_model_dir(root)
+
+
+def load_model_dir(model_dir: str | Path | ModelDir) -> EmbeddingClassifier:
+    """Rebuild the network of a model directory from ``architecture.json`` and ``model.pt``.
+
+    Args:
+        model_dir: the model directory (or one already read).
+
+    Returns:
+        The network in eval mode on the CPU, gradients off.
+
+    Raises:
+        ModelLoadError: ``architecture.json`` or ``model.pt`` is missing (reason
+            ``model_file_missing``) or unreadable (``model_file_unreadable``), the architecture
+            is unknown (``unknown_architecture``), or the weights do not fit it and
+            ``labels.json`` (``model_output_mismatch``; the message lists the differing keys).
+    """
+    directory = model_dir if isinstance(model_dir, ModelDir) else read_model_dir(model_dir)
+    if directory.architecture is None:
+        raise ModelLoadError(
+            f"model directory {directory.path} has no architecture.json (needed to rebuild model.pt)",
+            reason="model_file_missing",
+        )
+    path = directory.file(WEIGHTS_PT)
+    model = build_model(directory.architecture, directory.num_classes)
+    state = _read_state_dict(path)
+    problems = _mismatch(state, model.state_dict())
+    if problems:
+        raise ModelLoadError(
+            f"{path} does not fit architecture.json ({directory.architecture.name}) and "
+            f"{directory.num_classes} labels; {problems}",
+            reason="model_output_mismatch",
+        )
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    model.requires_grad_(False)
+    return model
