@@ -6,11 +6,14 @@ the reasons each function raises are listed in its docstring.
 
 from __future__ import annotations
 
+from shelftally.errors import EngineIncompatibleError as _EngineIncompatibleError
 from shelftally.errors import MissingDependencyError, ShelfTallyError
 
 __all__ = [
+    "AccuracyGateError",
     "ClassifierError",
     "DatasetError",
+    "EngineIncompatibleError",
     "MissingDependencyError",
     "ModelLoadError",
 ]
@@ -44,3 +47,41 @@ class DatasetError(ClassifierError):
     """
 
     reason = "invalid_dataset"
+
+
+class EngineIncompatibleError(ClassifierError, _EngineIncompatibleError):
+    """A compiled TensorRT engine was built for another GPU or TensorRT version.
+
+    The message names the expected and the actual values; :func:`classifier.backends.load`
+    falls back to ONNX Runtime. Also a :class:`shelftally.errors.EngineIncompatibleError` (what
+    the shared engine cache raises), so either ``except`` clause catches it.
+    """
+
+    reason = "engine_incompatible"
+
+
+class AccuracyGateError(ClassifierError):
+    """A compiled (FP16 / INT8) engine lost more top-1 accuracy than allowed; it was not kept.
+
+    Attributes:
+        precision: the engine's precision.
+        compiled_top1: top-1 accuracy of the compiled engine on the validation items, in [0, 1].
+        reference_top1: top-1 accuracy of the FP32 ONNX model on the same items, in [0, 1].
+        max_top1_drop: the largest drop allowed, in [0, 1].
+        items: number of validation items.
+    """
+
+    reason = "accuracy_gate_failed"
+
+    def __init__(
+        self, *, precision: str, compiled_top1: float, reference_top1: float, max_top1_drop: float, items: int
+    ) -> None:
+        super().__init__(
+            f"{precision} engine rejected: top-1 {compiled_top1:.4f} vs FP32 ONNX {reference_top1:.4f} on {items} "
+            f"validation items, a drop of {reference_top1 - compiled_top1:.4f} > the allowed {max_top1_drop:.4f}"
+        )
+        self.precision = precision
+        self.compiled_top1 = compiled_top1
+        self.reference_top1 = reference_top1
+        self.max_top1_drop = max_top1_drop
+        self.items = items

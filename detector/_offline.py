@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from shelftally.errors import MissingDependencyError
+
 _DONE: dict[str, Path] = {}
 
 
@@ -32,15 +34,20 @@ def _font_source() -> Path | None:
     return next((c for c in candidates if c.is_file()), None)
 
 
-def configure_offline(config_dir: Path | None = None) -> Path:
+def configure_offline(config_dir: Path | None = None, *, ultralytics: bool = True) -> Path:
     """Set the environment and ultralytics settings for offline use; idempotent.
 
     Args:
         config_dir: where ultralytics keeps its settings, fonts, datasets and runs. Default:
             ``$SHELFTALLY_ULTRALYTICS_DIR`` or ``~/.cache/shelftally/ultralytics``.
+        ultralytics: also write ultralytics' settings (False: only the environment, for code
+            that runs OpenVINO or ONNX Runtime without ultralytics installed).
 
     Returns:
         The config directory used.
+
+    Raises:
+        MissingDependencyError: ``ultralytics`` is True and ultralytics is not installed (extra ``train``).
     """
     if "dir" in _DONE:
         return _DONE["dir"]
@@ -61,7 +68,14 @@ def configure_offline(config_dir: Path | None = None) -> Path:
         for name in ("Arial.ttf", "Arial.Unicode.ttf"):
             if not (fonts / name).exists():
                 shutil.copyfile(source, fonts / name)
-    from ultralytics import settings
+    if not ultralytics:
+        return root
+    try:
+        from ultralytics import settings
+    except ImportError as error:
+        raise MissingDependencyError(
+            "training, export from .pt and evaluation need ultralytics: pip install 'shelftally[train]'"
+        ) from error
 
     updates: dict[str, Any] = {
         "datasets_dir": str(root / "datasets"),

@@ -17,6 +17,7 @@ from typing import Any
 from detector._offline import configure_offline
 from detector.dataset import prepare_dataset
 from detector.errors import DatasetError
+from detector.export import load_checkpoint
 from detector.model_dir import METRICS, WEIGHTS_PT, read_model_dir
 
 
@@ -61,8 +62,17 @@ def evaluate_detector(
     with tempfile.TemporaryDirectory(prefix="shelftally-eval-") as work:
         report = prepare_dataset(data_yaml, Path(work) / "data")
         if split not in report.splits or report.splits[split].images == 0:
-            raise DatasetError(f"{data_yaml} has no {split!r} images", reason="missing_split")
-        results = YOLO(str(weights)).val(
+            available = ", ".join(s for s, r in report.splits.items() if r.images) or "none"
+            raise DatasetError(f"{data_yaml} has no {split!r} images (splits with images: {available})",
+                               reason="missing_split")
+        if not agnostic and list(report.names) != list(model.labels):
+            raise DatasetError(
+                f"the model's classes {model.labels[:5]}{'...' if len(model.labels) > 5 else ''} are not the "
+                f"dataset's {list(report.names)[:5]}{'...' if len(report.names) > 5 else ''}; "
+                "score with --agnostic (every class as one) or use a dataset with the model's classes",
+                reason="class_mismatch",
+            )
+        results = load_checkpoint(YOLO, weights, weights).val(
             data=report.data_yaml, split=split, imgsz=size, batch=batch, device=device, single_cls=agnostic,
             plots=False, verbose=False, project=str(Path(work) / "runs"), name="eval", exist_ok=True,
         )

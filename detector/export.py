@@ -14,20 +14,37 @@ ultralytics is imported.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from detector._offline import configure_offline
 from detector.errors import MissingDependencyError, ModelLoadError
-from detector.model_dir import OPENVINO_XML, WEIGHTS_ONNX, WEIGHTS_PT, read_model_dir
+from detector.model_dir import OPENVINO_SOURCE, OPENVINO_XML, WEIGHTS_ONNX, WEIGHTS_PT, read_model_dir, sha256_file
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["export_model_dir", "export_onnx", "export_openvino", "pt_imgsz"]
 
 FORMATS = ("onnx", "openvino")
+
+
+def load_checkpoint(yolo: Any, local: Path, shown: Path) -> Any:
+    """``yolo(local)``, with an unreadable checkpoint reported as :class:`ModelLoadError` naming ``shown``.
+
+    Raises:
+        ModelLoadError: the file is not a loadable ultralytics checkpoint (reason ``model_file_unreadable``).
+    """
+    try:
+        return yolo(str(local))
+    except (TypeError, ValueError, RuntimeError, EOFError, KeyError, AttributeError, OSError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first.replace(str(local), str(shown))
+        raise ModelLoadError(f"{shown} is not a loadable ultralytics checkpoint: {first}",
+                             reason="model_file_unreadable") from error
 
 
 def _require_pt(pt: Path) -> None:
@@ -100,7 +117,7 @@ def export_onnx(
     with tempfile.TemporaryDirectory(prefix="shelftally-export-") as tmp:
         local = Path(tmp) / "model.pt"
         shutil.copyfile(source, local)
-        exported = YOLO(str(local)).export(
+        exported = load_checkpoint(YOLO, local, source).export(
             format="onnx", imgsz=imgsz, dynamic=dynamic, simplify=simplify, opset=opset, device="cpu",
             half=False, nms=False, verbose=False,
         )
@@ -144,15 +161,20 @@ def export_openvino(source: str | Path, out_dir: str | Path | None = None, *, im
     root = Path(out_dir) if out_dir is not None else path.parent
     xml = root / OPENVINO_XML
     xml.parent.mkdir(parents=True, exist_ok=True)
-    configure_offline()
     if path.suffix == ".onnx":
+        configure_offline(ultralytics=False)
         try:
             import openvino as ov
         except ImportError as error:
             raise MissingDependencyError("openvino is not installed: pip install 'shelftally[openvino]'") from error
-        model = ov.convert_model(str(path))
+        try:
+            model = ov.convert_model(str(path))
+        except (RuntimeError, ValueError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ModelLoadError(f"OpenVINO cannot convert {path}: {first}", reason="model_file_unreadable") from error
         ov.save_model(model, str(xml), compress_to_fp16=False)
     elif path.suffix == ".pt":
+        configure_offline()
         try:
             from ultralytics.models.yolo.model import YOLO
         except ImportError as error:
@@ -161,8 +183,8 @@ def export_openvino(source: str | Path, out_dir: str | Path | None = None, *, im
         with tempfile.TemporaryDirectory(prefix="shelftally-export-") as tmp:
             local = Path(tmp) / "model.pt"
             shutil.copyfile(path, local)
-            folder = Path(str(YOLO(str(local)).export(format="openvino", imgsz=size, dynamic=True, half=False,
-                                                      device="cpu", verbose=False)))
+            folder = Path(str(load_checkpoint(YOLO, local, path).export(
+                format="openvino", imgsz=size, dynamic=True, half=False, device="cpu", verbose=False)))
             produced = sorted(folder.glob("*.xml"))
             if len(produced) != 1:
                 raise ModelLoadError(f"ultralytics OpenVINO export of {path} gave {produced}", reason="export_failed")
@@ -170,6 +192,11 @@ def export_openvino(source: str | Path, out_dir: str | Path | None = None, *, im
             shutil.move(str(produced[0].with_suffix(".bin")), xml.with_suffix(".bin"))
     else:
         raise ModelLoadError(f"{path}: expected a .onnx or .pt file", reason="unknown_model_format")
+    # Which weights this IR was made from: the OpenVINO backend refuses an IR whose source
+    # no longer matches the directory's model.onnx (e.g. after retraining into the directory).
+    (root / OPENVINO_SOURCE).write_text(
+        json.dumps({"source": path.name, "sha256": sha256_file(path)}, indent=2) + "\n", encoding="utf-8"
+    )
     logger.info("exported %s -> %s", path, xml)
     return xml
 

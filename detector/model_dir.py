@@ -6,12 +6,14 @@ its own)::
     model.pt            ultralytics checkpoint (torch backend, fine-tuning)
     model.onnx          ONNX, dynamic batch; input "images" (B, 3, H, W) float32 RGB in [0, 1];
                         output (B, 4 + C, A): cx, cy, w, h in input pixels, then C class scores
-    openvino/model.xml  OpenVINO IR (+ model.bin) of the same graph
+    openvino/model.xml  OpenVINO IR (+ model.bin) of the same graph; source.json names the
+                        weights file it was converted from and their SHA-256
     engines/            TensorRT engine cache (see detector.backends.tensorrt)
     labels.json         ["product"] or SKU codes; list index = class_id
     preprocess.json     input size, letterbox, normalisation, channel order (:class:`Preprocess`)
     metrics.json        mAP50, mAP50-95, precision, recall on the validation split (and more)
     provenance.json     dataset hash, training recipe, library versions, creation time
+    train_log.csv       per-epoch losses and validation metrics of the training run
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ PROVENANCE = "provenance.json"
 WEIGHTS_PT = "model.pt"
 WEIGHTS_ONNX = "model.onnx"
 OPENVINO_XML = "openvino/model.xml"
+#: Records the weights file (and its SHA-256) an OpenVINO IR was converted from.
+OPENVINO_SOURCE = "openvino/source.json"
+#: Files and folders a training run writes; replaced together when a model directory is retrained.
+ARTIFACTS = (WEIGHTS_PT, WEIGHTS_ONNX, "openvino", "engines", LABELS, PREPROCESS, METRICS, PROVENANCE,
+             "train_log.csv")
 
 
 @dataclass(frozen=True)

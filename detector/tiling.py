@@ -187,7 +187,9 @@ def detect_tiled(
             network-input pixels (``2 * tile_px / input_size``, at least 2).
         seam_ios: intersection-over-smaller-area above which a cut box is a piece of another
             box (steps 1 and 2 of the module docstring).
-        max_det: most detections kept for the picture; default the backend's ``max_det``.
+        max_det: most detections kept for the picture; default the backend's ``max_det`` times
+            the number of tiles (each tile already keeps up to ``max_det``: a picture large
+            enough to tile is one that holds more objects than one network input).
 
     Returns:
         Detections in picture pixels within [0, W] x [0, H], most confident first;
@@ -202,8 +204,8 @@ def detect_tiled(
     input_size = backend.preprocess.input_size
     side = tile_px or input_size
     margin = edge_margin_px if edge_margin_px is not None else max(2.0, 2.0 * side / input_size)
-    limit = max_det or backend.config.max_det
     tiles = tile_grid(width, height, side, tile_overlap)
+    limit = max_det or backend.config.max_det * len(tiles)
     results = backend.predict([image[t.y1 : t.y2, t.x1 : t.x2] for t in tiles])
     truncated = any(r.truncated for r in results)
     parts_xyxy, parts_conf, parts_cls, parts_tile, parts_cut = [], [], [], [], []
@@ -249,7 +251,7 @@ def detect(
             than 3x).
         tile_px: tile side (default the model's input size); see :func:`detect_tiled`.
         tile_overlap: tile overlap fraction in [0, 1).
-        max_det: most detections kept for a tiled picture (default the backend's).
+        max_det: most detections kept for a tiled picture (default the backend's per tile).
 
     Returns:
         Detections in picture pixels (see :func:`detect_tiled` and
@@ -258,6 +260,11 @@ def detect(
     Raises:
         ValueError: ``image`` is not (H, W, 3) uint8, or bad tile settings.
     """
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(
+            f"image: expected one (H, W, 3) uint8 RGB array, received {type(image).__name__} "
+            f"{getattr(image, 'shape', '')} {getattr(image, 'dtype', '')}".rstrip()
+        )
     threshold = tile_threshold_px if tile_threshold_px is not None else 3 * backend.preprocess.input_size
     if max(image.shape[:2]) <= threshold:
         return backend.predict([image])[0]

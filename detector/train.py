@@ -33,8 +33,10 @@ from typing import Any
 from detector._offline import configure_offline
 from detector.dataset import DatasetReport, prepare_dataset
 from detector.errors import DetectorError, MissingDependencyError, ModelLoadError
-from detector.export import export_onnx
-from detector.model_dir import WEIGHTS_PT, Preprocess, sha256_file, write_metadata
+from detector.export import export_onnx, load_checkpoint
+from detector.model_dir import ARTIFACTS, LABELS, WEIGHTS_PT, Preprocess, sha256_file, write_metadata
+from shelftally.devices import parse_cuda_device
+from shelftally.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
 
@@ -296,7 +298,8 @@ def train_detector(
     if unknown:
         raise DetectorError(f"unknown ultralytics arguments: {', '.join(sorted(unknown))}",
                             reason="unknown_hyperparameter")
-    out = Path(out_dir).resolve()
+    out = _check_out_dir(Path(out_dir).resolve())
+    _check_device(device)
     temporary = work_dir is None
     work = Path(tempfile.mkdtemp(prefix="shelftally-train-")) if work_dir is None else Path(work_dir).resolve()
     try:
@@ -309,6 +312,53 @@ def train_detector(
             shutil.rmtree(work, ignore_errors=True)
 
 
+def _check_out_dir(out: Path) -> Path:
+    """Refuse an output that is a file, or a non-empty folder that is not a model directory.
+
+    Raises:
+        DetectorError: reason ``invalid_out_dir``.
+    """
+    if out.exists() and not out.is_dir():
+        raise DetectorError(f"--out {out} exists and is not a folder", reason="invalid_out_dir")
+    if out.is_dir() and any(out.iterdir()) and not (out / LABELS).is_file():
+        raise DetectorError(
+            f"--out {out} is a non-empty folder that is not a model directory; choose a new or empty folder",
+            reason="invalid_out_dir",
+        )
+    return out
+
+
+def _clear_artifacts(out: Path) -> None:
+    for name in ARTIFACTS:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def _check_device(device: str) -> None:
+    """Refuse a CUDA device on a machine without one before any work is done.
+
+    Raises:
+        ConfigurationError: reason ``invalid_device``.
+    """
+    index = parse_cuda_device(device)
+    if index is None and device.strip().lower() not in ("cpu", "mps"):
+        if not device.strip().isdigit():
+            raise ConfigurationError(f"device {device!r}: expected cpu, cuda or cuda:N", reason="invalid_device")
+        index = int(device)
+    if index is None:
+        return
+    import torch
+
+    if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+        raise ConfigurationError(
+            f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)",
+            reason="invalid_device",
+        )
+
+
 def _train(
     data_yaml: Path, model: str, imgsz: int, epochs: int, batch: int, out: Path, seed: int, device: str,
     progress: ProgressCallback | None, work: Path, export: bool, hyperparameters: Mapping[str, Any], yolo: Any,
@@ -319,17 +369,21 @@ def _train(
     recipe.update(hyperparameters)
     recipe.update(imgsz=imgsz, epochs=epochs, batch=batch, seed=seed, device=device)
     logger.info("training %s on %s (%s train images): %s", model, data_yaml, train_images, recipe)
-    detector = yolo(model)
+    detector = load_checkpoint(yolo, Path(model), Path(model)) if Path(model).suffix == ".pt" else yolo(model)
     started = time.monotonic()
     if progress is not None:
         _callbacks(detector, progress, started)
-    detector.train(data=report.data_yaml, project=str(work / "runs"), name="train", exist_ok=True, **recipe)
+    try:
+        detector.train(data=report.data_yaml, project=str(work / "runs"), name="train", exist_ok=True, **recipe)
+    except (TypeError, SyntaxError) as error:  # ultralytics' check_cfg on a bad --set value
+        raise DetectorError(f"invalid training argument: {error}", reason="invalid_hyperparameter") from error
     train_s = time.monotonic() - started
     trainer = detector.trainer
     best = Path(trainer.best) if Path(trainer.best).is_file() else Path(trainer.last)
     if not best.is_file():
         raise DetectorError(f"training wrote no weights under {trainer.save_dir}", reason="training_failed")
     out.mkdir(parents=True, exist_ok=True)
+    _clear_artifacts(out)  # an earlier model's openvino/ or engines/ must not outlive its weights
     shutil.copyfile(best, out / WEIGHTS_PT)
     results_csv = Path(trainer.save_dir) / "results.csv"
     if results_csv.is_file():
@@ -340,7 +394,7 @@ def _train(
         "data": report.data_yaml, "imgsz": imgsz, "batch": batch, "device": device, "plots": False,
         "verbose": False, "project": str(work / "runs"), "exist_ok": True,
     }
-    evaluated = yolo(str(out / WEIGHTS_PT))
+    evaluated = load_checkpoint(yolo, out / WEIGHTS_PT, out / WEIGHTS_PT)
     metrics: dict[str, Any] = _box_metrics(evaluated.val(split="val", name="val", **val_kwargs), names, "")
     metrics.update(split="val", images=report.splits["val"].images, boxes=report.splits["val"].boxes, imgsz=imgsz)
     if "test" in report.splits:

@@ -26,14 +26,25 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from shelftally.errors import EngineCacheError, EngineIncompatibleError
 
-__all__ = ["METADATA_FORMAT", "EngineCache", "EngineKey", "EngineRecord", "check_compatible", "read_record"]
+__all__ = [
+    "METADATA_FORMAT",
+    "EngineCache",
+    "EngineKey",
+    "EngineRecord",
+    "calibration_cache_path",
+    "check_compatible",
+    "read_calibration_cache",
+    "read_record",
+    "resolve_engine",
+    "write_calibration_cache",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -268,6 +279,12 @@ class EngineCache:
             return None
         return record
 
+    def remove(self, record: EngineRecord) -> None:
+        """Delete an entry (its engine and its metadata); a missing file is not an error."""
+        record.metadata_path.unlink(missing_ok=True)
+        record.path.unlink(missing_ok=True)
+        logger.info("removed engine %s", record.path)
+
     def others(self, key: EngineKey) -> list[EngineRecord]:
         """Entries for the same model, precision and profile but another runtime version or GPU."""
         return [
@@ -277,3 +294,104 @@ class EngineCache:
             and (record.key.model_sha256, record.key.precision, record.key.profile)
             == (key.model_sha256, key.precision, key.profile)
         ]
+
+
+def resolve_engine(
+    cache: EngineCache,
+    key: EngineKey,
+    *,
+    build: Callable[[], tuple[bytes, Mapping[str, Detail]]],
+    build_missing: bool = True,
+    engine_path: Path | None = None,
+) -> tuple[EngineRecord, bytes]:
+    """Find, check or build the engine of ``key`` (the policy every TensorRT backend follows).
+
+    1. ``engine_path`` given: that engine is checked against the running runtime and GPU
+       (:func:`check_compatible`) and against ``key.model_sha256``, and used; never rebuilt.
+    2. An entry of exactly ``key`` in ``cache`` is used (a corrupt one is rebuilt when
+       ``build_missing``).
+    3. ``build_missing``: ``build()`` is called and its engine stored in ``cache``.
+    4. Otherwise, entries of the same model built for another runtime version or GPU make the
+       load fail with :class:`EngineIncompatibleError` naming expected and actual values.
+
+    Args:
+        cache: where engines are looked up and stored.
+        key: the engine wanted (running runtime version and GPU).
+        build: builds the engine; returns the serialised engine and details to record.
+        build_missing: whether a missing engine may be built.
+        engine_path: a prebuilt engine file (metadata JSON beside it) to use instead of the cache.
+
+    Returns:
+        The cache record and the engine's bytes.
+
+    Raises:
+        EngineIncompatibleError: the engine available was built for another runtime version or
+            GPU (and building is off, or ``engine_path`` names it).
+        EngineCacheError: reason ``engine_unreadable`` (unreadable or corrupt file or metadata),
+            ``engine_model_mismatch`` (``engine_path`` built from another model) or
+            ``engine_missing`` (nothing cached and ``build_missing`` off).
+    """
+    if engine_path is not None:
+        try:
+            record = read_record(engine_path)
+        except EngineCacheError as error:
+            raise EngineCacheError(str(error), reason="engine_unreadable") from error
+        check_compatible(record, runtime_version=key.runtime_version, compute_capability=key.compute_capability)
+        if record.key.model_sha256 != key.model_sha256:
+            raise EngineCacheError(
+                f"engine {record.path} was built from another model: sha256 expected {key.model_sha256}, "
+                f"actual {record.key.model_sha256}",
+                reason="engine_model_mismatch",
+            )
+        try:
+            return record, record.read_engine()
+        except EngineCacheError as error:
+            raise EngineCacheError(str(error), reason="engine_unreadable") from error
+    found = cache.find(key)
+    if found is not None:
+        try:
+            return found, found.read_engine()
+        except EngineCacheError as error:
+            if not build_missing:
+                raise EngineCacheError(str(error), reason="engine_unreadable") from error
+            logger.warning("rebuilding engine: %s", error)
+    if not build_missing:
+        for other in reversed(cache.others(key)):
+            check_compatible(other, runtime_version=key.runtime_version, compute_capability=key.compute_capability)
+        raise EngineCacheError(f"no engine in {cache.root} for {key.stem} and building is off", reason="engine_missing")
+    for other in cache.others(key):
+        logger.info("engine %s is for runtime %s / compute capability %s; building one for %s / %s",
+                    other.path, other.key.runtime_version, other.key.compute_capability,
+                    key.runtime_version, key.compute_capability)
+    data, details = build()
+    return cache.store(key, data, details), data
+
+
+def calibration_cache_path(cache_dir: Path, *, model_sha256: str, input_size: int, runtime_version: str) -> Path:
+    """Where the INT8 calibration table of a model is kept: beside its engines.
+
+    The table depends on the model, its input size and the TensorRT version (TensorRT refuses a
+    table written by another version), not on the GPU or the batch profile, so one table serves
+    every engine of the model on that version.
+    """
+    version = "".join(ch for ch in runtime_version if ch.isalnum() or ch in "._-")
+    return cache_dir / f"{model_sha256[:12]}-s{input_size}-trt{version}.calib"
+
+
+def read_calibration_cache(path: Path) -> bytes | None:
+    """The calibration table at ``path``, or None when there is none (calibration then runs)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        logger.warning("cannot read calibration cache %s, calibrating again: %s", path, error)
+        return None
+    logger.info("INT8 calibration: reusing %s", path)
+    return data or None
+
+
+def write_calibration_cache(path: Path, data: bytes) -> None:
+    """Write a calibration table atomically (a concurrent reader never sees half of it)."""
+    _write_atomic(path, data)
+    logger.info("INT8 calibration table written to %s (%s bytes)", path, len(data))

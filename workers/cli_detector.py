@@ -14,9 +14,10 @@ from typing import Annotated, Any
 import typer
 import yaml  # type: ignore[import-untyped,unused-ignore]
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from shelftally.errors import ShelfTallyError
+from shelftally.errors import ConfigurationError, ShelfTallyError
 
 detector_app = typer.Typer(no_args_is_help=True, help="Train, export and synthesise data for the product detector.")
 
@@ -24,8 +25,10 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
-def _fail(error: ShelfTallyError) -> typer.Exit:
-    err_console.print(f"[bold red]error[/] ({error.reason}): {error}", highlight=False)
+def _fail(error: ShelfTallyError, as_json: bool = False) -> typer.Exit:
+    if as_json:
+        sys.stdout.write(json.dumps(error.to_dict(), indent=2) + "\n")
+    err_console.print(f"[bold red]error[/] ({error.reason}): {escape(str(error))}", highlight=False, soft_wrap=True)
     return typer.Exit(1)
 
 
@@ -138,12 +141,13 @@ def evaluate_cmd(
     try:
         result = evaluate_detector(model_dir, data, split=split, agnostic=agnostic, record_as=record_as)
     except ShelfTallyError as error:
-        raise _fail(error) from error
+        raise _fail(error, as_json) from error
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
     else:
         console.print(
-            f"{data} [{split}{', agnostic' if agnostic else ''}]: {result['images']} images, {result['boxes']} boxes: "
+            f"{escape(str(data))} [{split}{', agnostic' if agnostic else ''}]: {result['images']} images, "
+            f"{result['boxes']} boxes: "
             f"mAP50 {result['mAP50']:.3f}, mAP50-95 {result['mAP50-95']:.3f}, precision {result['precision']:.3f}, "
             f"recall {result['recall']:.3f}",
             highlight=False,
@@ -190,6 +194,8 @@ def synth_cmd(
     from detector.synth import SceneConfig, drawn_packshots, load_packshots, write_synthetic_datasets
 
     size_wh = _parse_size(size)
+    if out.exists() and not out.is_dir():
+        raise _fail(ConfigurationError(f"--out {out} exists and is not a folder", reason="invalid_out_dir"))
     low = min_objects if min_objects is not None else max(1, max_objects // 4)
     try:
         config = SceneConfig(size_wh=size_wh, min_objects=low, max_objects=max_objects, background_dir=backgrounds)

@@ -10,7 +10,12 @@ name            runtime                                     pip extra
 ``onnx``        ONNX Runtime on ``model.onnx``              ``shelftally[onnx]``
 ``openvino``    OpenVINO on ``openvino/model.xml``          ``shelftally[openvino]``
 ``torch``       torch on ``model.pt`` + ``architecture.json`` ``shelftally[train]``
+``tensorrt``    TensorRT engine built from ``model.onnx``   ``shelftally[tensorrt]``
 =============== =========================================== ===========================
+
+A TensorRT engine refused as built for another TensorRT version or GPU
+(:class:`~classifier.errors.EngineIncompatibleError`) makes :func:`load` fall back to ONNX
+Runtime with a warning.
 
 Usage::
 
@@ -23,19 +28,24 @@ Usage::
 from __future__ import annotations
 
 import importlib
+import logging
 from pathlib import Path
 from typing import Literal
 
-from classifier.backends.base import BackendConfig, ClassifierBackend, softmax
+from classifier.backends.base import BackendConfig, ClassifierBackend, EngineOptions, softmax
 from classifier.model_dir import ModelDir, read_model_dir
 from shelftally.errors import ConfigurationError
+from shelftally.errors import EngineIncompatibleError as _EngineIncompatibleError
 
-__all__ = ["BACKENDS", "BackendConfig", "ClassifierBackend", "backend_class", "load", "softmax"]
+__all__ = ["BACKENDS", "BackendConfig", "ClassifierBackend", "EngineOptions", "backend_class", "load", "softmax"]
+
+logger = logging.getLogger(__name__)
 
 BACKENDS: dict[str, str] = {
     "onnx": "classifier.backends.onnx:OnnxBackend",
     "openvino": "classifier.backends.openvino:OpenVinoBackend",
     "torch": "classifier.backends.torch:TorchBackend",
+    "tensorrt": "classifier.backends.tensorrt:TensorRTBackend",
 }
 
 
@@ -68,6 +78,7 @@ def load(
     min_confidence: float = 0.0,
     warmup: bool = True,
     openvino_precision: Literal["auto", "f32"] = "auto",
+    engine: EngineOptions | None = None,
 ) -> ClassifierBackend:
     """Load a classifier model directory into a runtime.
 
@@ -82,9 +93,13 @@ def load(
         min_confidence: best-class probability below which a crop is unknown (0: never).
         warmup: run one batch at load and check the outputs against ``labels.json``.
         openvino_precision: ``"auto"`` (bf16 where the CPU has it) or ``"f32"``; OpenVINO only.
+        engine: TensorRT engine options (precision, cache, calibration); TensorRT only.
 
     Returns:
         The loaded backend; call :meth:`~classifier.backends.base.ClassifierBackend.classify`.
+        For ``"tensorrt"``, when the engine is refused as built for another TensorRT version or
+        GPU (:class:`~classifier.errors.EngineIncompatibleError`), a warning naming expected and
+        actual values is logged and an ONNX Runtime backend is returned instead.
 
     Raises:
         ConfigurationError: unknown backend name (the message lists the valid names), an
@@ -96,7 +111,13 @@ def load(
     cls = backend_class(backend)
     config = BackendConfig(
         device=device, threads=threads, batch_size=batch_size, min_confidence=min_confidence, warmup=warmup,
-        openvino_precision=openvino_precision,
+        openvino_precision=openvino_precision, engine=engine or EngineOptions(),
     )
     directory = model_dir if isinstance(model_dir, ModelDir) else read_model_dir(model_dir)
-    return cls(directory, config)
+    try:
+        return cls(directory, config)
+    except _EngineIncompatibleError as error:
+        if backend != "tensorrt":
+            raise
+        logger.warning("TensorRT engine refused, falling back to ONNX Runtime for %s: %s", directory.path, error)
+        return backend_class("onnx")(directory, config)

@@ -23,7 +23,8 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Literal
 
@@ -37,7 +38,7 @@ from classifier.types import UNKNOWN_CLASS_ID, Classifications
 from shelftally.devices import parse_cuda_device
 from shelftally.errors import ConfigurationError
 
-__all__ = ["BackendConfig", "ClassifierBackend", "parse_cuda_device", "softmax"]
+__all__ = ["BackendConfig", "ClassifierBackend", "EngineOptions", "Precision", "parse_cuda_device", "softmax"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,39 @@ def softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return probabilities
 
 
+Precision = Literal["fp32", "fp16", "int8"]
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How the TensorRT backend finds or builds its engine (ignored by the other backends).
+
+    Attributes:
+        precision: ``"fp16"`` (default), ``"int8"`` (needs ``calibration_dir``) or ``"fp32"``.
+        cache_dir: the engine cache; default ``<model dir>/engines``.
+        build_missing: build (and cache) an engine when none matches this GPU and TensorRT
+            version; when False, only cached engines are used.
+        engine_path: a prebuilt engine file (with its metadata JSON beside it) to use instead
+            of the cache; it is checked, never rebuilt.
+        max_batch: largest batch of the optimisation profile; default the backend's ``batch_size``.
+        calibration_dir: folder of crops (PNG/JPEG, (h, w, 3) RGB after decoding) for INT8
+            entropy calibration, prepared exactly as at inference.
+        calibration_images: at most this many calibration crops are used.
+        calibration_batch: crops per calibration batch.
+        workspace_mib: builder workspace memory limit in MiB.
+    """
+
+    precision: Precision = "fp16"
+    cache_dir: Path | None = None
+    build_missing: bool = True
+    engine_path: Path | None = None
+    max_batch: int | None = None
+    calibration_dir: Path | None = None
+    calibration_images: int = 1024
+    calibration_batch: int = 32
+    workspace_mib: int = 2048
+
+
 @dataclass(frozen=True)
 class BackendConfig:
     """Settings shared by all backends (:func:`classifier.backends.load` builds it).
@@ -73,6 +107,7 @@ class BackendConfig:
         warmup: run one batch at load (allocations, kernel selection) and check the outputs.
         openvino_precision: OpenVINO on the CPU: ``"auto"`` lets OpenVINO pick (bfloat16 on
             CPUs with native bf16), ``"f32"`` forces float32 (closest to the other backends).
+        engine: TensorRT engine options (precision, cache, calibration).
     """
 
     device: str = "cpu"
@@ -81,6 +116,7 @@ class BackendConfig:
     min_confidence: float = 0.0
     warmup: bool = True
     openvino_precision: Literal["auto", "f32"] = "auto"
+    engine: EngineOptions = field(default_factory=EngineOptions)
 
     def __post_init__(self) -> None:
         problems = []

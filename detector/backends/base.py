@@ -249,8 +249,14 @@ class DetectorBackend(ABC):
         Raises:
             ValueError: a picture is not (H, W, 3) uint8.
         """
-        if isinstance(images, np.ndarray) and images.ndim == 3:
-            raise ValueError("images: expected a sequence of (H, W, 3) pictures, received one (H, W, 3) array")
+        if isinstance(images, np.ndarray):
+            raise ValueError(
+                f"images: expected a list of (H, W, 3) pictures, received one array of shape {images.shape}; "
+                "wrap a single picture in a list"
+            )
+        if images is None or isinstance(images, (str, bytes)) or not hasattr(images, "__iter__"):
+            raise ValueError(f"images: expected a list of (H, W, 3) pictures, received {type(images).__name__}")
+        images = list(images)
         results: list[Detections] = []
         step = self.chunk_size
         for start in range(0, len(images), step):

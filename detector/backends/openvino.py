@@ -12,7 +12,9 @@ Devices: ``"cpu"`` -> ``CPU``, ``"gpu"``/``"gpu.N"`` -> Intel ``GPU``, ``"npu"``
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 from types import ModuleType
 
 import numpy as np
@@ -20,7 +22,7 @@ import numpy.typing as npt
 
 from detector.backends.base import DetectorBackend, parse_cuda_device
 from detector.errors import MissingDependencyError, ModelLoadError
-from detector.model_dir import OPENVINO_XML
+from detector.model_dir import OPENVINO_SOURCE, OPENVINO_XML, sha256_file
 from shelftally.errors import ConfigurationError
 
 __all__ = ["OpenVinoBackend"]
@@ -48,12 +50,35 @@ def _device_name(device: str) -> str:
     return name.upper()
 
 
+def _check_source(root: Path) -> None:
+    """Refuse an IR converted from other weights than the directory's current ``model.onnx``.
+
+    Raises:
+        ModelLoadError: reason ``stale_openvino``; re-export with ``shelftally detector export DIR --format openvino``.
+    """
+    record = root / OPENVINO_SOURCE
+    if not record.is_file():
+        return  # made before sources were recorded (or by hand): nothing to compare
+    try:
+        source = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"cannot read {record}: {error}", reason="model_file_unreadable") from error
+    current = root / str(source.get("source", ""))
+    if current.is_file() and sha256_file(current) != source.get("sha256"):
+        raise ModelLoadError(
+            f"{root / OPENVINO_XML} was converted from an earlier {current.name}; re-export it with "
+            f"`shelftally detector export {root} --format openvino`",
+            reason="stale_openvino",
+        )
+
+
 class OpenVinoBackend(DetectorBackend):
     """OpenVINO compiled model on ``openvino/model.xml``; see :class:`~detector.backends.base.DetectorBackend`.
 
     Raises:
-        ModelLoadError: ``openvino/model.xml`` (or its ``.bin``) is missing or unreadable, or
-            OpenVINO cannot compile it for the device.
+        ModelLoadError: ``openvino/model.xml`` (or its ``.bin``) is missing or unreadable, was
+            converted from weights other than the directory's current ones (``stale_openvino``),
+            or OpenVINO cannot compile it for the device.
         MissingDependencyError: openvino is not installed (extra ``shelftally[openvino]``).
         ConfigurationError: a CUDA device was asked for.
     """
@@ -63,6 +88,7 @@ class OpenVinoBackend(DetectorBackend):
     def _open(self) -> None:
         ov = _import_openvino()
         path = self.model_dir.file(OPENVINO_XML)
+        _check_source(self.model_dir.path)
         device = _device_name(self.config.device)
         config: dict[str, str | int] = {"PERFORMANCE_HINT": "LATENCY"}
         if self.config.threads:

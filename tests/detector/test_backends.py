@@ -271,7 +271,7 @@ def test_onnx_on_cuda_without_the_cuda_provider_runs_on_the_cpu(
 
 
 def test_predict_wants_a_list_of_pictures(backends: dict[str, DetectorBackend]) -> None:
-    with pytest.raises(ValueError, match="sequence"):
+    with pytest.raises(ValueError, match="expected a list of \\(H, W, 3\\) pictures"):
         backends["onnx"].predict(np.zeros((128, 128, 3), np.uint8))
 
 
