@@ -12,6 +12,12 @@ Modules:
 - :mod:`classifier.backbones`: torchvision backbones with an embedding and classifier head;
   local weights only (extra ``train``).
 - :mod:`classifier.export`: ONNX (dynamic or fixed batch) and OpenVINO IR export (extra ``train``).
+- :mod:`classifier.train`: train a classifier on labelled crops and write its model directory
+  (augmentation, AdamW + cosine, early stopping, prototypes, open-set calibration; extra ``train``).
+- :mod:`classifier.openset`: class prototypes, the open-set score and threshold, AUROC.
+- :mod:`classifier.gallery`: few-shot enrollment, a versioned gallery of SKU prototypes.
+- :mod:`classifier.recognize`: a backend + prototypes + gallery + threshold -> classifications
+  with unknown crops and enrolled SKUs.
 - :mod:`classifier.backends`: ``load(model_dir, backend="onnx" | "openvino" | "torch")`` and
   ``classify(crops)``; each runtime is imported only when its backend is loaded.
 

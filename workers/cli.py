@@ -34,6 +34,7 @@ from inventory.sinks import AlertSink, DeliveryReport, LogSink, WebhookSink, del
 from shelftally import __version__
 from shelftally.errors import ConfigurationError, ShelfTallyError
 from shelftally.redact import mask_url
+from workers.cli_classifier import classifier_app, sku_app
 from workers.cli_detector import detector_app
 from workers.report import print_counts, print_discrepancies
 from workers.settings import Settings
@@ -52,6 +53,8 @@ app.add_typer(discrepancies_app, name="discrepancies")
 app.add_typer(adjust_app, name="adjust")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(detector_app, name="detector")
+app.add_typer(classifier_app, name="classifier")
+app.add_typer(sku_app, name="sku")
 
 # Piped output (files, CI logs) gets wide tables instead of rich's 80-column default.
 console = Console(width=None if sys.stdout.isatty() else 160)

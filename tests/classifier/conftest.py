@@ -118,3 +118,78 @@ def tiny_classifier(tmp_path_factory: pytest.TempPathFactory, one_torch_thread: 
     for name in (LABELS, PREPROCESS, PROVENANCE):
         shutil.copyfile(out / name, fixed / name)
     return TinyClassifier(out, fixed)
+
+
+SHAPE_CLASSES: list[tuple[str, tuple[int, int, int], str]] = [
+    ("red-disc", (220, 40, 40), "disc"),
+    ("blue-square", (40, 60, 220), "square"),
+    ("green-disc", (40, 180, 60), "disc"),
+    ("yellow-square", (230, 200, 40), "square"),
+    ("magenta-triangle", (210, 50, 200), "triangle"),
+    ("cyan-disc", (40, 200, 210), "disc"),
+    ("orange-triangle", (240, 130, 20), "triangle"),
+    ("white-cross", (245, 245, 245), "cross"),
+]
+"""Generated SKUs for training tests: name, RGB colour, shape."""
+
+
+def shape_crop(rng: np.random.Generator, class_id: int, *, packshot: bool = False) -> np.ndarray:
+    """An (h, w, 3) uint8 RGB crop of generated SKU ``SHAPE_CLASSES[class_id]``, h and w in [40, 100).
+
+    ``packshot``: a catalogue picture instead: 80 x 80, the product centred on plain grey.
+    """
+    _, colour, shape = SHAPE_CLASSES[class_id]
+    if packshot:
+        h = w = 80
+        crop = np.full((h, w, 3), 110, np.uint8)
+        cx, cy, r = 40, 40, 30
+    else:
+        h, w = (int(v) for v in rng.integers(40, 100, 2))
+        crop = cv2.GaussianBlur(rng.integers(60, 160, (h, w, 3), dtype=np.uint8), (5, 5), 0)
+        side = min(h, w)
+        cx = int(w / 2 + rng.integers(-side // 10, side // 10 + 1))
+        cy = int(h / 2 + rng.integers(-side // 10, side // 10 + 1))
+        r = int(side * rng.uniform(0.3, 0.42))
+    if shape == "disc":
+        cv2.circle(crop, (cx, cy), r, colour, -1)
+    elif shape == "square":
+        cv2.rectangle(crop, (cx - r, cy - r), (cx + r, cy + r), colour, -1)
+    elif shape == "triangle":
+        points = np.array([[cx, cy - r], [cx - r, cy + r], [cx + r, cy + r]], np.int32)
+        cv2.fillPoly(crop, [points], colour)
+    else:
+        t = max(2, r // 3)
+        cv2.rectangle(crop, (cx - r, cy - t), (cx + r, cy + t), colour, -1)
+        cv2.rectangle(crop, (cx - t, cy - r), (cx + t, cy + r), colour, -1)
+    return crop
+
+
+def write_shape_folder(root: Path, classes: list[int], per_class: int, seed: int) -> Path:
+    """Write an image-folder dataset (``root/<sku>/<n>.png``) of generated SKUs; returns ``root``."""
+    rng = np.random.default_rng(seed)
+    for class_id in classes:
+        folder = root / SHAPE_CLASSES[class_id][0]
+        folder.mkdir(parents=True, exist_ok=True)
+        for n in range(per_class):
+            crop = shape_crop(rng, class_id)
+            cv2.imwrite(str(folder / f"{n:03d}.png"), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+    return root
+
+
+@pytest.fixture(scope="session")
+def shapes_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An image folder of the first 6 generated SKUs, 30 pictures each."""
+    return write_shape_folder(tmp_path_factory.mktemp("shapes"), list(range(6)), 30, seed=1)
+
+
+@pytest.fixture(scope="session")
+def trained_shapes(tmp_path_factory: pytest.TempPathFactory, shapes_folder: Path, one_torch_thread: None) -> Path:
+    """A model directory trained by ``train_classifier`` on ``shapes_folder`` with 2 held-out classes."""
+    from classifier.dataset import read_image_folder
+    from classifier.train import train_classifier
+
+    return train_classifier(
+        read_image_folder(shapes_folder), out_dir=tmp_path_factory.mktemp("trained") / "model",
+        backbone="mobilenet_v3_small", input_size=TOY_INPUT, embedding_dim=64, epochs=6, batch=16, lr=3e-3,
+        patience=6, holdout_classes=2, false_accept_rate=0.1, seed=0,
+    )

@@ -1,0 +1,173 @@
+"""``shelftally classifier ...`` and ``shelftally sku ...``: train the SKU classifier, enroll SKUs.
+
+Training imports torch lazily (extra ``train``); errors print their machine-readable reason and
+exit with status 1 (2 for usage errors).
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from shelftally.errors import ShelfTallyError
+
+classifier_app = typer.Typer(no_args_is_help=True, help="Train the SKU classifier.")
+sku_app = typer.Typer(no_args_is_help=True, help="Enroll SKUs in a classifier's gallery without retraining.")
+
+_FORMATS = ("grocery", "folder", "list")
+
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+def _fail(error: ShelfTallyError) -> typer.Exit:
+    err_console.print(f"[bold red]error[/] ({error.reason}): {error}", highlight=False)
+    return typer.Exit(1)
+
+
+@classifier_app.command("train")
+def train_cmd(
+    data: Annotated[Path, typer.Option("--data", help="Dataset: Grocery Store folder, image folder or list file.",
+                                       exists=True)],
+    out: Annotated[Path, typer.Option("--out", help="Model directory to write.")],
+    fmt: Annotated[str, typer.Option("--format", help="grocery, folder or list.")] = "grocery",
+    val_data: Annotated[
+        Path | None, typer.Option("--val", help="Validation folder / list file (folder, list); default: 20 % split.",
+                                  exists=True)
+    ] = None,
+    backbone: Annotated[str, typer.Option("--backbone")] = "mobilenet_v3_large",
+    input_size: Annotated[int, typer.Option("--input-size", help="Square network input side, pixels.")] = 128,
+    epochs: Annotated[int, typer.Option("--epochs")] = 30,
+    batch: Annotated[int, typer.Option("--batch")] = 32,
+    lr: Annotated[float, typer.Option("--lr")] = 3e-3,
+    weight_decay: Annotated[float, typer.Option("--weight-decay")] = 0.05,
+    label_smoothing: Annotated[float, typer.Option("--label-smoothing")] = 0.1,
+    freeze: Annotated[bool, typer.Option("--freeze", help="Freeze the backbone (train embedding and head).")] = False,
+    trainable_stages: Annotated[int, typer.Option("--trainable-stages", help="With --freeze: last stages kept.")] = 0,
+    pretrained: Annotated[
+        Path | None, typer.Option("--pretrained", help="Local backbone weights (state dict).", exists=True)
+    ] = None,
+    patience: Annotated[int, typer.Option("--patience", help="Stop after this many epochs without progress.")] = 5,
+    holdout_classes: Annotated[
+        int, typer.Option("--holdout-classes", help="Leave N classes out to calibrate open-set rejection.")
+    ] = 0,
+    false_accept_rate: Annotated[float, typer.Option("--false-accept-rate")] = 0.05,
+    with_packshots: Annotated[
+        bool, typer.Option("--with-packshots", help="Grocery Store: add each class's iconic image to training.")
+    ] = False,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Train a classifier and write its model directory (model.pt, model.onnx, prototypes, metrics)."""
+    from classifier.dataset import (
+        DatasetItem,
+        ImageDataset,
+        read_grocery_classes,
+        read_grocery_store,
+        read_image_folder,
+        read_list_file,
+    )
+    from classifier.train import EpochProgress, train_classifier
+
+    if fmt not in _FORMATS:
+        raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(_FORMATS)}", param_hint="--format")
+    if with_packshots and fmt != "grocery":
+        raise typer.BadParameter("only with --format grocery", param_hint="--with-packshots")
+    try:
+        val: ImageDataset | None = None
+        extra: list[DatasetItem] = []
+        if fmt == "grocery":
+            train_set = read_grocery_store(data, "train")
+            val = read_grocery_store(data, "val")
+            if with_packshots:
+                extra = [DatasetItem(c.iconic_image, c.class_id) for c in read_grocery_classes(data)
+                         if c.iconic_image.is_file()]
+        elif fmt == "folder":
+            train_set = read_image_folder(data, split="train")
+            if val_data is not None:
+                val = read_image_folder(val_data, split="val")
+        else:
+            train_set = read_list_file(data, split="train")
+            if val_data is not None:
+                val = read_list_file(val_data, class_names=train_set.class_names, split="val")
+        columns = (
+            TextColumn("[bold]epoch"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"),
+        )
+        with Progress(*columns, console=err_console) as bar:
+            task = bar.add_task("train", total=epochs, status="decoding images")
+
+            def show(state: EpochProgress) -> None:
+                bar.update(task, completed=state.epoch, status=(
+                    f"loss {state.train_loss:.3f} | val top-1 {state.val_top1:.3f} (best {state.best_top1:.3f}) "
+                    f"| {state.seconds:.0f} s/epoch"
+                ))
+
+            result = train_classifier(
+                train_set, out_dir=out, val=val, backbone=backbone, input_size=input_size, epochs=epochs,
+                batch=batch, lr=lr, weight_decay=weight_decay, label_smoothing=label_smoothing, freeze=freeze,
+                trainable_stages=trainable_stages, pretrained=pretrained, seed=seed, patience=patience,
+                holdout_classes=holdout_classes, false_accept_rate=false_accept_rate, extra_train_items=extra,
+                progress=show, command=shlex.join(["shelftally", *sys.argv[1:]]),
+            )
+    except ShelfTallyError as error:
+        raise _fail(error) from error
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+    from classifier.model_dir import read_model_dir
+
+    metrics = read_model_dir(result).metrics
+    summary = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("top1", "top5", "macro_f1") if k in metrics)
+    openset = metrics.get("openset", {})
+    if "auroc" in openset:
+        summary += f", open-set AUROC {openset['auroc']:.3f}"
+    console.print(
+        f"model directory {result}: {summary}; {metrics['epochs_run']} epochs in {metrics['training_seconds']:.0f} s",
+        highlight=False,
+    )
+
+
+@sku_app.command("enroll")
+def enroll_cmd(
+    code: Annotated[str, typer.Argument(help="SKU code.")],
+    pictures: Annotated[list[Path], typer.Argument(help="1-10 reference pictures.", exists=True, dir_okay=False)],
+    model: Annotated[Path, typer.Option("--model", help="Classifier model directory.", exists=True, file_okay=False)],
+    backend: Annotated[str, typer.Option("--backend", help="onnx, openvino or torch.")] = "onnx",
+) -> None:
+    """Add a SKU to the model's gallery from reference pictures (a new gallery version)."""
+    from classifier.gallery import enroll
+
+    try:
+        gallery = enroll(model, code, pictures, backend=backend)
+    except ShelfTallyError as error:
+        raise _fail(error) from error
+    console.print(
+        f"enrolled {code} from {len(pictures)} picture(s): gallery {gallery.version}, {len(gallery)} SKU(s)",
+        highlight=False,
+    )
+
+
+@sku_app.command("gallery")
+def gallery_cmd(
+    model: Annotated[Path, typer.Option("--model", help="Classifier model directory.", exists=True, file_okay=False)],
+) -> None:
+    """List the gallery's versions (the current one marked) and its SKUs."""
+    from classifier.gallery import current_version, list_versions, read_gallery
+
+    try:
+        current = current_version(model)
+        versions = list_versions(model)
+        if not versions:
+            console.print(f"{model}: no gallery (nothing enrolled)", highlight=False)
+            return
+        for name in versions:
+            gallery = read_gallery(model, name)
+            mark = "*" if name == current else " "
+            console.print(f"{mark} {name}: {len(gallery)} SKU(s): {', '.join(gallery.sku_codes)}", highlight=False)
+    except ShelfTallyError as error:
+        raise _fail(error) from error
