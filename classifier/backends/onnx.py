@@ -21,32 +21,14 @@ import numpy as np
 import numpy.typing as npt
 
 from classifier.backends.base import ClassifierBackend, parse_cuda_device
-from classifier.errors import MissingDependencyError, ModelLoadError
+from classifier.errors import ModelLoadError
 from classifier.model_dir import ONNX_OUTPUTS, WEIGHTS_ONNX
 from shelftally.errors import ConfigurationError
+from shelftally.runtimes import import_runtime, onnxruntime_errors
 
 __all__ = ["OnnxBackend"]
 
 logger = logging.getLogger(__name__)
-
-
-def _import_onnxruntime() -> ModuleType:
-    try:
-        import onnxruntime
-    except ImportError as error:
-        raise MissingDependencyError(
-            "the onnx classifier backend needs ONNX Runtime: pip install 'shelftally[onnx]'"
-        ) from error
-    module: ModuleType = onnxruntime
-    return module
-
-
-def _errors(ort: ModuleType) -> tuple[type[BaseException], ...]:
-    """ONNX Runtime's own exception classes (they do not derive from RuntimeError)."""
-    state = ort.capi.onnxruntime_pybind11_state
-    names = ("Fail", "InvalidArgument", "InvalidProtobuf", "NoSuchFile", "NoModel", "RuntimeException")
-    found = tuple(getattr(state, n) for n in names if isinstance(getattr(state, n, None), type))
-    return (*found, RuntimeError, OSError, ValueError)
 
 
 class OnnxBackend(ClassifierBackend):
@@ -82,7 +64,7 @@ class OnnxBackend(ClassifierBackend):
         return ["CPUExecutionProvider"]
 
     def _open(self) -> None:
-        ort = _import_onnxruntime()
+        ort = import_runtime("onnxruntime", extra="onnx", purpose="the onnx classifier backend")
         path = self.model_dir.file(WEIGHTS_ONNX)
         providers = self._providers(ort)
         options = ort.SessionOptions()
@@ -92,7 +74,7 @@ class OnnxBackend(ClassifierBackend):
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-        except _errors(ort) as error:
+        except onnxruntime_errors(ort) as error:
             raise ModelLoadError(f"ONNX Runtime cannot load {path}: {error}", reason="model_file_unreadable") from error
         inputs = self._session.get_inputs()
         size = self.preprocess.input_size

@@ -13,30 +13,19 @@ The batch limit is read from the IR: a static batch dimension makes
 from __future__ import annotations
 
 import logging
-from types import ModuleType
 
 import numpy as np
 import numpy.typing as npt
 
 from classifier.backends.base import ClassifierBackend, parse_cuda_device
-from classifier.errors import MissingDependencyError, ModelLoadError
+from classifier.errors import ModelLoadError
 from classifier.model_dir import ONNX_OUTPUTS, OPENVINO_XML
 from shelftally.errors import ConfigurationError
+from shelftally.runtimes import import_runtime
 
 __all__ = ["OpenVinoBackend"]
 
 logger = logging.getLogger(__name__)
-
-
-def _import_openvino() -> ModuleType:
-    try:
-        import openvino
-    except ImportError as error:
-        raise MissingDependencyError(
-            "the openvino classifier backend needs OpenVINO: pip install 'shelftally[openvino]'"
-        ) from error
-    module: ModuleType = openvino
-    return module
 
 
 def _device_name(device: str) -> str:
@@ -63,7 +52,7 @@ class OpenVinoBackend(ClassifierBackend):
     name = "openvino"
 
     def _open(self) -> None:
-        ov = _import_openvino()
+        ov = import_runtime("openvino", extra="openvino", purpose="the openvino classifier backend")
         path = self.model_dir.file(OPENVINO_XML)
         device = _device_name(self.config.device)
         config: dict[str, str | int] = {"PERFORMANCE_HINT": "LATENCY"}

@@ -20,32 +20,14 @@ import numpy as np
 import numpy.typing as npt
 
 from detector.backends.base import DetectorBackend, parse_cuda_device
-from detector.errors import MissingDependencyError, ModelLoadError
+from detector.errors import ModelLoadError
 from detector.model_dir import WEIGHTS_ONNX
 from shelftally.errors import ConfigurationError
+from shelftally.runtimes import import_runtime, onnxruntime_errors
 
 __all__ = ["OnnxBackend"]
 
 logger = logging.getLogger(__name__)
-
-
-def _import_onnxruntime() -> ModuleType:
-    try:
-        import onnxruntime
-    except ImportError as error:
-        raise MissingDependencyError(
-            "the onnx detector backend needs ONNX Runtime: pip install 'shelftally[onnx]'"
-        ) from error
-    module: ModuleType = onnxruntime
-    return module
-
-
-def _errors(ort: ModuleType) -> tuple[type[BaseException], ...]:
-    """ONNX Runtime's own exception classes (they do not derive from RuntimeError)."""
-    state = ort.capi.onnxruntime_pybind11_state
-    names = ("Fail", "InvalidArgument", "InvalidProtobuf", "NoSuchFile", "NoModel", "RuntimeException")
-    found = tuple(getattr(state, n) for n in names if isinstance(getattr(state, n, None), type))
-    return (*found, RuntimeError, OSError, ValueError)
 
 
 class OnnxBackend(DetectorBackend):
@@ -79,7 +61,7 @@ class OnnxBackend(DetectorBackend):
         return ["CPUExecutionProvider"]
 
     def _open(self) -> None:
-        ort = _import_onnxruntime()
+        ort = import_runtime("onnxruntime", extra="onnx", purpose="the onnx detector backend")
         path = self.model_dir.file(WEIGHTS_ONNX)
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.config.threads or 0  # 0: ONNX Runtime's default
@@ -90,7 +72,7 @@ class OnnxBackend(DetectorBackend):
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(str(path), sess_options=options, providers=self._providers(ort))
-        except _errors(ort) as error:
+        except onnxruntime_errors(ort) as error:
             raise ModelLoadError(f"ONNX Runtime cannot load {path}: {error}", reason="model_file_unreadable") from error
         inputs = self._session.get_inputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:

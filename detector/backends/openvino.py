@@ -15,30 +15,19 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import numpy.typing as npt
 
 from detector.backends.base import DetectorBackend, parse_cuda_device
-from detector.errors import MissingDependencyError, ModelLoadError
+from detector.errors import ModelLoadError
 from detector.model_dir import OPENVINO_SOURCE, OPENVINO_XML, sha256_file
 from shelftally.errors import ConfigurationError
+from shelftally.runtimes import import_runtime
 
 __all__ = ["OpenVinoBackend"]
 
 logger = logging.getLogger(__name__)
-
-
-def _import_openvino() -> ModuleType:
-    try:
-        import openvino
-    except ImportError as error:
-        raise MissingDependencyError(
-            "the openvino detector backend needs OpenVINO: pip install 'shelftally[openvino]'"
-        ) from error
-    module: ModuleType = openvino
-    return module
 
 
 def _device_name(device: str) -> str:
@@ -86,7 +75,7 @@ class OpenVinoBackend(DetectorBackend):
     name = "openvino"
 
     def _open(self) -> None:
-        ov = _import_openvino()
+        ov = import_runtime("openvino", extra="openvino", purpose="the openvino detector backend")
         path = self.model_dir.file(OPENVINO_XML)
         _check_source(self.model_dir.path)
         device = _device_name(self.config.device)
