@@ -7,7 +7,6 @@ Errors print the machine-readable reason and exit with status 1 (2 for usage err
 from __future__ import annotations
 
 import getpass
-import json
 import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -17,8 +16,6 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -26,7 +23,7 @@ import migrations
 from inventory import adjustments, queries
 from inventory.cycle_counts import parse_time, record_cycle_counts
 from inventory.db import create_engine, run_in_transaction, session_factory
-from inventory.errors import DatabaseNotInitialisedError, DatabaseUnavailableError, ImportFileError
+from inventory.errors import DatabaseNotInitialisedError, DatabaseUnavailableError
 from inventory.imports import ImportResult, import_locations, import_skus, import_stock
 from inventory.models import DiscrepancyKind, DiscrepancyStatus
 from inventory.reconcile import ReconcileOutcome
@@ -36,6 +33,7 @@ from shelftally.errors import ConfigurationError, ShelfTallyError
 from shelftally.redact import mask_url
 from workers.cli_classifier import classifier_app, sku_app
 from workers.cli_detector import detector_app
+from workers.console import console, err_console, print_error, print_json
 from workers.report import print_counts, print_discrepancies
 from workers.settings import Settings
 
@@ -56,9 +54,6 @@ app.add_typer(detector_app, name="detector")
 app.add_typer(classifier_app, name="classifier")
 app.add_typer(sku_app, name="sku")
 
-# Piped output (files, CI logs) gets wide tables instead of rich's 80-column default.
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 ActorOption = Annotated[str, typer.Option("--actor", help="Who is acting (recorded in the ledger).")]
@@ -149,16 +144,7 @@ def _ctx(typer_ctx: typer.Context) -> Context:
 
 
 def _fail(error: ShelfTallyError, as_json: bool = False) -> None:
-    """Report an error: a line on stderr (and with ``--json`` the error object on stdout)."""
-    if as_json:
-        data: dict[str, Any] = error.to_dict()
-        if isinstance(error, ImportFileError):
-            data["row_errors"] = [{"line": line, "reason": reason} for line, reason in error.row_errors]
-        _print_json(data)
-    err_console.print(f"[bold red]error[/] ({error.reason}): {escape(str(error))}", highlight=False, soft_wrap=True)
-    if isinstance(error, ImportFileError):
-        for line, reason in error.row_errors:
-            err_console.print(f"  line {line}: {escape(reason)}", highlight=False, soft_wrap=True)
+    print_error(error, as_json=as_json)
 
 
 @contextmanager
@@ -180,10 +166,6 @@ def _run(typer_ctx: typer.Context, work: Callable[[Session], T], as_json: bool =
     with _errors(as_json):
         return run_in_transaction(_ctx(typer_ctx).factory, work)
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def _time(value: str | None, option: str) -> datetime | None:
@@ -273,7 +255,7 @@ def db_current(typer_ctx: typer.Context, as_json: JsonOption = False) -> None:
         at = None if path is not None and not path.exists() else migrations.current(url)
         data = {"database_url": mask_url(url), "current": at, "head": migrations.head()}
     if as_json:
-        _print_json(data)
+        print_json(data)
     else:
         state = "up to date" if at == data["head"] else "run `shelftally db upgrade`"
         console.print(f"{data['database_url']}: revision {at or 'none'} (newest {data['head']}; {state})",
@@ -299,7 +281,7 @@ def _import(
         "unchanged": result.unchanged,
     }
     if as_json:
-        _print_json(data)
+        print_json(data)
     else:
         console.print(
             f"{result.file_name}: {result.rows_read} rows, {result.inserted} inserted, "
@@ -363,7 +345,7 @@ def import_counts_cmd(
         "alerts_failed": report.failed,
     }
     if as_json:
-        _print_json(data)
+        print_json(data)
     else:
         console.print(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in data.items()), highlight=False)
     if report.failed:
@@ -389,7 +371,7 @@ def counts_cmd(
     when = _time(as_of, "--as-of")
     rows = _run(typer_ctx, lambda s: queries.counts(s, location_prefix=location, sku_code=sku, as_of=when), as_json)
     if as_json:
-        _print_json([r.to_dict() for r in rows])
+        print_json([r.to_dict() for r in rows])
         return
     print_counts(rows, console, when)
 
@@ -433,7 +415,7 @@ def discrepancies_cmd(
         as_json,
     )
     if as_json:
-        _print_json(rows)
+        print_json(rows)
     else:
         print_discrepancies(rows, console, f"Discrepancies ({', '.join(s.value for s in statuses)})")
 
@@ -453,7 +435,7 @@ def _review(typer_ctx: typer.Context, action: Callable[[Session], Any], discrepa
         as_json,
     )
     if as_json:
-        _print_json(row)
+        print_json(row)
     else:
         console.print(f"discrepancy {discrepancy_id} {verb}", highlight=False)
 
@@ -523,7 +505,7 @@ def adjust_approve(
     with _errors(as_json):
         ctx.deliver_alerts()
     if as_json:
-        _print_json(data or {"discrepancy_id": discrepancy_id, "adjustment_id": None})
+        print_json(data or {"discrepancy_id": discrepancy_id, "adjustment_id": None})
     elif data is None:
         console.print(f"discrepancy {discrepancy_id} resolved; the book already held the observed quantity")
     else:
@@ -541,7 +523,7 @@ def alerts_deliver(typer_ctx: typer.Context, as_json: JsonOption = False) -> Non
         report = _ctx(typer_ctx).deliver_alerts()
     data = {"delivered": report.delivered_ids, "failed": report.failed_ids}
     if as_json:
-        _print_json(data)
+        print_json(data)
     else:
         console.print(f"{report.delivered} delivered, {report.failed} failed", highlight=False)
     if report.failed:

@@ -12,22 +12,20 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from shelftally.errors import ShelfTallyError
+from workers.console import console, err_console, print_error
 
 classifier_app = typer.Typer(no_args_is_help=True, help="Train the SKU classifier.")
 sku_app = typer.Typer(no_args_is_help=True, help="Enroll SKUs in a classifier's gallery without retraining.")
 
 _FORMATS = ("grocery", "folder", "list")
 
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
-def _fail(error: ShelfTallyError) -> typer.Exit:
-    err_console.print(f"[bold red]error[/] ({error.reason}): {error}", highlight=False)
+def _fail(error: ShelfTallyError, as_json: bool = False) -> typer.Exit:
+    print_error(error, as_json=as_json)
     return typer.Exit(1)
 
 
@@ -72,7 +70,10 @@ def train_cmd(
         read_image_folder,
         read_list_file,
     )
-    from classifier.train import EpochProgress, train_classifier
+    try:
+        from classifier.train import EpochProgress, train_classifier
+    except ShelfTallyError as error:  # torch / torchvision missing: names the extra to install
+        raise _fail(error) from error
 
     if fmt not in _FORMATS:
         raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(_FORMATS)}", param_hint="--format")

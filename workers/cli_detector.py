@@ -13,22 +13,18 @@ from typing import Annotated, Any
 
 import typer
 import yaml  # type: ignore[import-untyped,unused-ignore]
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from shelftally.errors import ConfigurationError, ShelfTallyError
+from workers.console import console, err_console, print_error
 
 detector_app = typer.Typer(no_args_is_help=True, help="Train, export and synthesise data for the product detector.")
 
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def _fail(error: ShelfTallyError, as_json: bool = False) -> typer.Exit:
-    if as_json:
-        sys.stdout.write(json.dumps(error.to_dict(), indent=2) + "\n")
-    err_console.print(f"[bold red]error[/] ({error.reason}): {escape(str(error))}", highlight=False, soft_wrap=True)
+    print_error(error, as_json=as_json)
     return typer.Exit(1)
 
 
