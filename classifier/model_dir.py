@@ -20,14 +20,15 @@ Everything here is standard library: reading a model directory needs no runtime.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 from classifier.errors import ModelLoadError
+from shelftally.files import sha256_file
 
 __all__ = [
     "ARCHITECTURE",
@@ -226,7 +227,7 @@ class ModelDir:
             raise ModelLoadError(f"model directory {self.path} has no {name}", reason="model_file_missing")
         return path
 
-    @property
+    @cached_property
     def version(self) -> str:
         """``<directory name>@<12 hex digits>``: content hash of the weights (recorded on every scan)."""
         for name in (WEIGHTS_ONNX, WEIGHTS_PT):
@@ -234,15 +235,6 @@ class ModelDir:
             if path.exists():
                 return f"{self.path.name}@{sha256_file(path)[:12]}"
         return f"{self.path.name}@unknown"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's content."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_json(path: Path) -> Any:

@@ -23,7 +23,8 @@ from typing import Any
 
 from detector._offline import configure_offline
 from detector.errors import MissingDependencyError, ModelLoadError
-from detector.model_dir import OPENVINO_SOURCE, OPENVINO_XML, WEIGHTS_ONNX, WEIGHTS_PT, read_model_dir, sha256_file
+from detector.model_dir import OPENVINO_SOURCE, OPENVINO_XML, WEIGHTS_ONNX, WEIGHTS_PT, read_model_dir
+from shelftally.files import sha256_file
 
 logger = logging.getLogger(__name__)
 

@@ -18,13 +18,14 @@ its own)::
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from detector.errors import ModelLoadError
+from shelftally.files import sha256_file
 
 LABELS = "labels.json"
 PREPROCESS = "preprocess.json"
@@ -100,7 +101,7 @@ class ModelDir:
             raise ModelLoadError(f"model directory {self.path} has no {name}", reason="model_file_missing")
         return path
 
-    @property
+    @cached_property
     def version(self) -> str:
         """Short content hash identifying these weights (recorded on every scan)."""
         for name in (WEIGHTS_ONNX, WEIGHTS_PT):
@@ -108,15 +109,6 @@ class ModelDir:
             if path.exists():
                 return f"{self.path.name}@{sha256_file(path)[:12]}"
         return f"{self.path.name}@unknown"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's content."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_json(path: Path) -> Any:

@@ -34,9 +34,10 @@ from detector._offline import configure_offline
 from detector.dataset import DatasetReport, prepare_dataset
 from detector.errors import DetectorError, MissingDependencyError, ModelLoadError
 from detector.export import export_onnx, load_checkpoint
-from detector.model_dir import ARTIFACTS, LABELS, WEIGHTS_PT, Preprocess, sha256_file, write_metadata
+from detector.model_dir import ARTIFACTS, LABELS, WEIGHTS_PT, Preprocess, write_metadata
 from shelftally.devices import parse_cuda_device
 from shelftally.errors import ConfigurationError
+from shelftally.files import sha256_file
 
 logger = logging.getLogger(__name__)
 

@@ -158,7 +158,6 @@ class ClassifierBackend(ABC):
         self.config = config
         self.fixed_batch: int | None = None
         self.embedding_dim: int | None = None
-        self._version: str | None = None
         started = time.perf_counter()
         self._open()
         if config.warmup:
@@ -197,9 +196,7 @@ class ClassifierBackend(ABC):
     @property
     def version(self) -> str:
         """Short content hash of the weights (:attr:`classifier.model_dir.ModelDir.version`, hashed once)."""
-        if self._version is None:
-            self._version = self.model_dir.version
-        return self._version
+        return self.model_dir.version
 
     @property
     def chunk_size(self) -> int:

@@ -46,7 +46,7 @@ from classifier.errors import (
     MissingDependencyError,
     ModelLoadError,
 )
-from classifier.model_dir import ONNX_OUTPUTS, WEIGHTS_ONNX, ModelDir, Preprocess, sha256_file
+from classifier.model_dir import ONNX_OUTPUTS, WEIGHTS_ONNX, ModelDir, Preprocess
 from classifier.preprocess import prepare_batch
 from shelftally.engine_cache import (
     Detail,
@@ -59,6 +59,7 @@ from shelftally.engine_cache import (
 )
 from shelftally.errors import ConfigurationError, EngineCacheError
 from shelftally.errors import EngineIncompatibleError as _SharedEngineIncompatibleError
+from shelftally.files import sha256_file
 
 if TYPE_CHECKING:
     import tensorrt as trt

@@ -21,8 +21,9 @@ import numpy.typing as npt
 
 from detector.backends.base import DetectorBackend, parse_cuda_device
 from detector.errors import ModelLoadError
-from detector.model_dir import OPENVINO_SOURCE, OPENVINO_XML, sha256_file
+from detector.model_dir import OPENVINO_SOURCE, OPENVINO_XML
 from shelftally.errors import ConfigurationError
+from shelftally.files import sha256_file
 from shelftally.runtimes import import_runtime
 
 __all__ = ["OpenVinoBackend"]

@@ -42,11 +42,12 @@ import numpy.typing as npt
 
 from detector.backends.base import DetectorBackend, Precision, parse_cuda_device
 from detector.errors import DetectorError, EngineIncompatibleError, MissingDependencyError, ModelLoadError
-from detector.model_dir import WEIGHTS_ONNX, Preprocess, sha256_file
+from detector.model_dir import WEIGHTS_ONNX, Preprocess
 from detector.preprocess import letterbox
 from shelftally.engine_cache import Detail, EngineCache, EngineKey, EngineRecord, check_compatible, read_record
 from shelftally.errors import ConfigurationError, EngineCacheError
 from shelftally.errors import EngineIncompatibleError as _SharedEngineIncompatibleError
+from shelftally.files import sha256_file
 
 if TYPE_CHECKING:
     import tensorrt as trt

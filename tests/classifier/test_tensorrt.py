@@ -26,7 +26,7 @@ from classifier.backends.tensorrt import BuildSpec, TensorRTBackend, tensorrt_in
 from classifier.compile import compile_classifier, top1_accuracy
 from classifier.dataset import DatasetItem, load_image
 from classifier.errors import AccuracyGateError, EngineIncompatibleError, MissingDependencyError, ModelLoadError
-from classifier.model_dir import read_model_dir, sha256_file
+from classifier.model_dir import read_model_dir
 from classifier.preprocess import prepare_batch
 from shelftally.engine_cache import (
     EngineCache,
@@ -37,6 +37,7 @@ from shelftally.engine_cache import (
 )
 from shelftally.errors import ConfigurationError
 from shelftally.errors import EngineIncompatibleError as SharedEngineIncompatibleError
+from shelftally.files import sha256_file
 from tests.classifier.conftest import TOY_INPUT, TinyClassifier, toy_crops
 
 FAKE_MAGIC = b"FAKE-TENSORRT-ENGINE\n"

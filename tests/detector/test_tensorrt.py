@@ -24,10 +24,11 @@ from detector.backends import BackendConfig, EngineOptions, load
 from detector.backends.onnx import OnnxBackend
 from detector.backends.tensorrt import BuildSpec, TensorRTBackend, calibration_batches, tensorrt_installed
 from detector.errors import EngineIncompatibleError, MissingDependencyError, ModelLoadError
-from detector.model_dir import Preprocess, read_model_dir, sha256_file
+from detector.model_dir import Preprocess, read_model_dir
 from shelftally.engine_cache import EngineCache, EngineKey, check_compatible, read_record
 from shelftally.errors import ConfigurationError, EngineCacheError
 from shelftally.errors import EngineIncompatibleError as SharedEngineIncompatibleError
+from shelftally.files import sha256_file
 from tests.detector.conftest import toy_picture
 from tests.detector.test_backends import assert_same_detections
 

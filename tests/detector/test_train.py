@@ -21,9 +21,10 @@ import pytest
 from detector.dataset import prepare_dataset
 from detector.errors import DatasetError, DetectorError, ModelLoadError
 from detector.export import export_model_dir, export_onnx, export_openvino
-from detector.model_dir import read_model_dir, sha256_file
+from detector.model_dir import read_model_dir
 from detector.synth import SceneConfig, drawn_packshots, write_synthetic_datasets
 from detector.train import EpochProgress, resolve_model, train_detector
+from shelftally.files import sha256_file
 
 IMGSZ = 128
 EPOCHS = 10
