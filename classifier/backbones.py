@@ -83,6 +83,11 @@ def _resnet_stages(model: nn.Module) -> list[nn.Module]:
     return [stem, *(model.get_submodule(f"layer{i}") for i in range(1, 5))]
 
 
+def _shufflenet_stages(model: nn.Module) -> list[nn.Module]:
+    stem = nn.ModuleList([model.get_submodule("conv1"), model.get_submodule("maxpool")])  # grouping only
+    return [stem, *(model.get_submodule(name) for name in ("stage2", "stage3", "stage4", "conv5"))]
+
+
 @dataclass(frozen=True)
 class _Backbone:
     """A torchvision classification model and how to take its head off.
@@ -104,9 +109,10 @@ BACKBONES: dict[str, _Backbone] = {
     "mobilenet_v3_large": _Backbone(torchvision.models.mobilenet_v3_large, "classifier", _features_stages),
     "resnet18": _Backbone(torchvision.models.resnet18, "fc", _resnet_stages),
     "efficientnet_b0": _Backbone(torchvision.models.efficientnet_b0, "classifier", _features_stages),
+    "shufflenet_v2_x1_0": _Backbone(torchvision.models.shufflenet_v2_x1_0, "fc", _shufflenet_stages),
 }
 """Backbone name -> torchvision model. Feature sizes F: mobilenet_v3_small 576,
-mobilenet_v3_large 960, resnet18 512, efficientnet_b0 1280."""
+mobilenet_v3_large 960, resnet18 512, efficientnet_b0 1280, shufflenet_v2_x1_0 1024."""
 
 
 def l2_normalize(rows: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

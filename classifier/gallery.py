@@ -37,6 +37,7 @@ __all__ = [
     "current_version",
     "enroll",
     "list_versions",
+    "prototype_from_embeddings",
     "read_gallery",
     "set_current",
 ]
@@ -167,6 +168,26 @@ def _write_version(folder: Path, gallery: Gallery) -> str:
         return name
 
 
+def prototype_from_embeddings(embedding: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
+    """One SKU's prototype: the mean of its reference pictures' embeddings, re-normalised.
+
+    Args:
+        embedding: (K, D) embeddings of K >= 1 reference pictures (unit rows).
+
+    Returns:
+        (D,) float32 with unit L2 norm (a zero mean stays zero).
+
+    Raises:
+        ValueError: ``embedding`` is not (K, D) with K >= 1.
+    """
+    rows = np.asarray(embedding, dtype=np.float64)
+    if rows.ndim != 2 or rows.shape[0] < 1:
+        raise ValueError(f"embedding: expected (K, D) with K >= 1, received {rows.shape}")
+    mean = rows.mean(axis=0)
+    prototype: npt.NDArray[np.float32] = (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+    return prototype
+
+
 def enroll(
     model_dir: str | Path | ModelDir,
     sku_code: str,
@@ -209,8 +230,7 @@ def enroll(
         crops = [p if isinstance(p, np.ndarray) else load_image(p) for p in pictures]
         with load(directory, backend=backend, warmup=False) as classifier:
             embed = classifier.classify(crops)
-    mean = embed.embedding.astype(np.float64).mean(axis=0)
-    prototype = (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+    prototype = prototype_from_embeddings(embed.embedding)
     previous = read_gallery(directory)
     if len(previous) and previous.prototypes.shape[1] != prototype.shape[0]:
         raise GalleryError(

@@ -6,6 +6,7 @@ exit with status 1 (2 for usage errors).
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from shelftally.errors import ShelfTallyError
-from workers.console import console, err_console, print_error
+from workers.console import console, err_console, print_error, print_json
 
 classifier_app = typer.Typer(no_args_is_help=True, help="Train the SKU classifier.")
 sku_app = typer.Typer(no_args_is_help=True, help="Enroll SKUs in a classifier's gallery without retraining.")
@@ -172,3 +173,42 @@ def gallery_cmd(
             console.print(f"{mark} {name}: {len(gallery)} SKU(s): {', '.join(gallery.sku_codes)}", highlight=False)
     except ShelfTallyError as error:
         raise _fail(error) from error
+
+
+@classifier_app.command("evaluate-enrollment")
+def evaluate_enrollment_cmd(
+    model: Annotated[Path, typer.Option(
+        "--model", help="Model directory trained with --holdout-classes.", exists=True, file_okay=False)],
+    data: Annotated[Path, typer.Option("--data", help="Grocery Store dataset folder.", exists=True, file_okay=False)],
+    shots: Annotated[int, typer.Option(
+        "--shots", help="0: enroll each held-out SKU from its packshot alone; K: from K training pictures.")] = 0,
+    backend: Annotated[str, typer.Option("--backend", help="onnx, openvino or torch.")] = "onnx",
+    seed: Annotated[int, typer.Option("--seed", help="Seeds the choice of training pictures.")] = 0,
+    out: Annotated[Path | None, typer.Option("--out", help="Also write the report to this JSON file.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Enroll the model's held-out SKUs (not trained on) and measure recognition on the val split."""
+    from classifier.evaluate import evaluate_enrollment
+
+    try:
+        report = evaluate_enrollment(model, data, shots=shots, backend=backend, seed=seed)
+    except ShelfTallyError as error:
+        raise _fail(error, as_json) from error
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--shots") from error
+    if out is not None:
+        out.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    if as_json:
+        print_json(report.to_dict())
+        return
+    auroc = f"{report.auroc:.3f}" if report.auroc is not None else "n/a"
+    console.print(
+        f"{len(report.held_out_classes)} SKUs held out of training, enrolled from {report.source}; "
+        f"known-vs-held-out AUROC before enrollment {auroc}\n"
+        f"  held-out val pictures ({report.held_out_items}): named right {report.held_out_accuracy:.3f}, "
+        f"unknown {report.held_out_unknown_rate:.3f}, named as a trained SKU {report.held_out_as_trained_rate:.3f}\n"
+        f"  trained-SKU val pictures ({report.known_items}): {report.known_accuracy:.3f} with the gallery, "
+        f"{report.known_accuracy_without_gallery:.3f} without\n"
+        f"  all val pictures: {report.overall_accuracy:.3f}",
+        highlight=False,
+    )

@@ -193,3 +193,33 @@ def trained_shapes(tmp_path_factory: pytest.TempPathFactory, shapes_folder: Path
         backbone="mobilenet_v3_small", input_size=TOY_INPUT, embedding_dim=64, epochs=6, batch=16, lr=3e-3,
         patience=6, holdout_classes=2, false_accept_rate=0.1, seed=0,
     )
+
+
+def write_shape_grocery(root: Path, classes: list[int], train: int, val: int, seed: int) -> Path:
+    """Write a Grocery Store-format dataset of generated SKUs; returns ``root``.
+
+    Layout as in ``shared/data/grocerystore/dataset``: ``classes.csv`` (ids 0..K-1 in the order
+    of ``classes``, one packshot per class under ``iconic-images-and-descriptions/``), and
+    ``train.txt`` / ``val.txt`` lines ``path, fine_id, coarse_id`` with ``train`` and ``val``
+    shelf crops per class.
+    """
+    rng = np.random.default_rng(seed)
+    rows = ["Class Name (str),Class ID (int),Coarse Class Name (str),Coarse Class ID (int),"
+            "Iconic Image Path (str),Product Description Path (str)"]
+    lines: dict[str, list[str]] = {"train": [], "val": []}
+    for fine, class_id in enumerate(classes):
+        name = SHAPE_CLASSES[class_id][0]
+        iconic = Path("iconic-images-and-descriptions") / name / f"{name}_Iconic.png"
+        (root / iconic).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / iconic), cv2.cvtColor(shape_crop(rng, class_id, packshot=True), cv2.COLOR_RGB2BGR))
+        rows.append(f"{name},{fine},{name},{fine},/{iconic.as_posix()},/{iconic.with_suffix('.txt').as_posix()}")
+        for split, count in (("train", train), ("val", val)):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for n in range(count):
+                cv2.imwrite(str(folder / f"{n:03d}.png"), cv2.cvtColor(shape_crop(rng, class_id), cv2.COLOR_RGB2BGR))
+                lines[split].append(f"{split}/{name}/{n:03d}.png, {fine}, {fine}")
+    (root / "classes.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    for split, entries in lines.items():
+        (root / f"{split}.txt").write_text("\n".join(entries) + "\n", encoding="utf-8")
+    return root

@@ -1,0 +1,230 @@
+"""How well enrollment works: SKUs held out of training, enrolled from a few pictures, then recognised.
+
+A model trained with ``holdout_classes=N`` (:func:`classifier.train.train_classifier`) never saw
+N classes; their names are in its ``metrics.json`` (``openset.held_out_classes``).
+:func:`evaluate_enrollment` enrolls each of them into an in-memory gallery (the model directory
+is not changed) from
+
+- its catalogue packshot alone (``shots=0``: the Grocery Store's iconic image, the picture a
+  retailer has for a new SKU before anyone photographs it in a store), or
+- ``shots`` of its training pictures (chosen at random, seeded),
+
+and then recognises every validation picture with :class:`classifier.recognize.Recognizer`
+(trained head + prototypes + gallery + the open-set threshold), exactly as a deployment would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from classifier.backends import load
+from classifier.dataset import DatasetItem, load_image, read_grocery_classes, read_grocery_store
+from classifier.errors import ClassifierError
+from classifier.gallery import MAX_PICTURES, Gallery, prototype_from_embeddings
+from classifier.model_dir import read_model_dir
+from classifier.openset import read_embedding_mean, read_openset, read_prototypes
+from classifier.recognize import Recognizer
+
+__all__ = ["EnrollmentReport", "EvaluationError", "evaluate_enrollment", "recognition_accuracy"]
+
+
+class EvaluationError(ClassifierError):
+    """An enrollment evaluation cannot run.
+
+    Reasons: ``no_held_out_classes`` (the model was trained on every class),
+    ``missing_reference`` (a held-out class has no packshot or too few training pictures).
+    """
+
+    reason = "evaluation_failed"
+
+
+@dataclass(frozen=True)
+class EnrollmentReport:
+    """Result of :func:`evaluate_enrollment`; every accuracy is a fraction in [0, 1].
+
+    Attributes:
+        model: the model directory.
+        source: ``"iconic"`` (packshot alone) or ``"train:K"`` (K training pictures per SKU).
+        held_out_classes: the enrolled SKU codes.
+        held_out_items: validation pictures of those SKUs.
+        held_out_accuracy: of those, the fraction named as their SKU.
+        held_out_unknown_rate: of those, the fraction called unknown.
+        held_out_as_trained_rate: of those, the fraction named as a trained SKU (the costly error).
+        known_items: validation pictures of the trained SKUs.
+        known_accuracy: their accuracy with the enrolled gallery present.
+        known_accuracy_without_gallery: the same without it (what enrolling costs them).
+        overall_accuracy: all validation pictures, trained and enrolled SKUs together.
+        per_sku_accuracy: enrolled SKU code -> its accuracy.
+        auroc: known vs held-out AUROC from the model's ``metrics.json`` (before enrollment).
+    """
+
+    model: str
+    source: str
+    held_out_classes: list[str]
+    held_out_items: int
+    held_out_accuracy: float
+    held_out_unknown_rate: float
+    held_out_as_trained_rate: float
+    known_items: int
+    known_accuracy: float
+    known_accuracy_without_gallery: float
+    overall_accuracy: float
+    per_sku_accuracy: dict[str, float]
+    auroc: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of the fields."""
+        return asdict(self)
+
+
+def recognition_accuracy(predicted: Sequence[str | None], truth: Sequence[str]) -> float:
+    """Fraction of pictures whose predicted SKU code equals the true one (unknown = wrong).
+
+    Args:
+        predicted: per picture the recognised SKU code, or None for unknown.
+        truth: per picture the true SKU code.
+
+    Returns:
+        The accuracy in [0, 1]; 0.0 for no pictures.
+
+    Raises:
+        ValueError: the two sequences differ in length.
+    """
+    if len(predicted) != len(truth):
+        raise ValueError(f"predicted: expected {len(truth)} entries, received {len(predicted)}")
+    if not truth:
+        return 0.0
+    return sum(p == t for p, t in zip(predicted, truth, strict=True)) / len(truth)
+
+
+def _references(
+    root: Path, codes: list[str], shots: int, rng: np.random.Generator
+) -> dict[str, list[Path]]:
+    if shots == 0:
+        classes = {c.name: c for c in read_grocery_classes(root)}
+        missing = [code for code in codes if code not in classes or not classes[code].iconic_image.is_file()]
+        if missing:
+            raise EvaluationError(f"no packshot for {', '.join(missing)}", reason="missing_reference")
+        return {code: [classes[code].iconic_image] for code in codes}
+    train = read_grocery_store(root, "train")
+    by_code: dict[str, list[DatasetItem]] = {}
+    for item in train.items:
+        by_code.setdefault(train.class_names[item.class_index], []).append(item)
+    references: dict[str, list[Path]] = {}
+    for code in codes:
+        items = by_code.get(code, [])
+        if len(items) < shots:
+            raise EvaluationError(
+                f"{code}: {len(items)} training pictures, {shots} needed", reason="missing_reference"
+            )
+        chosen = rng.choice(len(items), size=shots, replace=False)
+        references[code] = [items[i].path for i in sorted(chosen.tolist())]
+    return references
+
+
+def evaluate_enrollment(
+    model_dir: str | Path,
+    root: str | Path,
+    *,
+    shots: int = 0,
+    backend: str = "onnx",
+    threads: int | None = None,
+    seed: int = 0,
+) -> EnrollmentReport:
+    """Enroll a model's held-out Grocery Store classes and measure recognition on the val split.
+
+    Args:
+        model_dir: a classifier model directory trained with held-out classes.
+        root: the Grocery Store dataset folder (``classes.csv``, ``train.txt``, ``val.txt``).
+        shots: 0 enrolls each SKU from its catalogue packshot alone; 1-10 from that many of its
+            training pictures (seeded random choice).
+        backend: the runtime (:func:`classifier.backends.load`).
+        threads: intra-op threads (None: the runtime's default).
+        seed: seeds the choice of training pictures.
+
+    Returns:
+        The report (see :class:`EnrollmentReport`).
+
+    Raises:
+        EvaluationError: the model has no held-out classes (reason ``no_held_out_classes``) or
+            a class lacks its references (``missing_reference``).
+        DatasetError: the dataset cannot be read; ModelLoadError, MissingDependencyError: the
+            model or its runtime cannot be loaded.
+        ValueError: ``shots`` outside 0-10.
+    """
+    if not 0 <= shots <= MAX_PICTURES:
+        raise ValueError(f"shots: expected 0 to {MAX_PICTURES}, received {shots}")
+    directory = read_model_dir(model_dir)
+    openset = directory.metrics.get("openset", {})
+    held_out = [str(code) for code in openset.get("held_out_classes", [])]
+    if not held_out:
+        raise EvaluationError(
+            f"{directory.path}: the model was trained on every class (train with --holdout-classes N)",
+            reason="no_held_out_classes",
+        )
+    root = Path(root)
+    references = _references(root, held_out, shots, np.random.default_rng(seed))
+    val = read_grocery_store(root, "val")
+    truth = [val.class_names[item.class_index] for item in val.items]
+    pictures = [load_image(item.path) for item in val.items]
+
+    calibration = read_openset(directory.path)
+    prototypes = read_prototypes(directory.path, num_classes=directory.num_classes)
+    mean = read_embedding_mean(directory.path, prototypes.shape[1])
+    scale = directory.architecture.logit_scale if directory.architecture is not None else 16.0
+    with load(directory, backend=backend, threads=threads, warmup=False) as network:
+        reference_images = [load_image(path) for code in held_out for path in references[code]]
+        embedding = network.classify(reference_images).embedding
+        rows: list[npt.NDArray[np.float32]] = []
+        start = 0
+        for code in held_out:
+            count = len(references[code])
+            rows.append(prototype_from_embeddings(embedding[start : start + count]))
+            start += count
+        gallery = Gallery(
+            "in-memory", list(held_out), np.stack(rows).astype(np.float32),
+            np.array([len(references[c]) for c in held_out], np.int64),
+        )
+        threshold = calibration.threshold if calibration is not None else None
+        with_gallery = Recognizer(
+            network, prototypes, threshold=threshold, embedding_mean=mean, gallery=gallery, logit_scale=scale
+        ).classify(pictures).sku_code
+        without_gallery = Recognizer(
+            network, prototypes, threshold=threshold, embedding_mean=mean, logit_scale=scale
+        ).classify(pictures).sku_code
+
+    held = set(held_out)
+    trained = set(directory.labels)
+    h_index = [i for i, t in enumerate(truth) if t in held]
+    k_index = [i for i, t in enumerate(truth) if t not in held]
+    h_pred = [with_gallery[i] for i in h_index]
+    per_sku = {
+        code: recognition_accuracy(
+            [with_gallery[i] for i in h_index if truth[i] == code], [code] * sum(truth[i] == code for i in h_index)
+        )
+        for code in held_out
+    }
+    auroc = openset.get("auroc")
+    return EnrollmentReport(
+        model=str(directory.path),
+        source="iconic" if shots == 0 else f"train:{shots}",
+        held_out_classes=list(held_out),
+        held_out_items=len(h_index),
+        held_out_accuracy=recognition_accuracy(h_pred, [truth[i] for i in h_index]),
+        held_out_unknown_rate=sum(p is None for p in h_pred) / len(h_pred) if h_pred else 0.0,
+        held_out_as_trained_rate=sum(p in trained for p in h_pred) / len(h_pred) if h_pred else 0.0,
+        known_items=len(k_index),
+        known_accuracy=recognition_accuracy([with_gallery[i] for i in k_index], [truth[i] for i in k_index]),
+        known_accuracy_without_gallery=recognition_accuracy(
+            [without_gallery[i] for i in k_index], [truth[i] for i in k_index]
+        ),
+        overall_accuracy=recognition_accuracy(with_gallery, truth),
+        per_sku_accuracy=per_sku,
+        auroc=float(auroc) if auroc is not None else None,
+    )
