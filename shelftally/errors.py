@@ -54,3 +54,23 @@ class EngineCacheError(ShelfTallyError):
     """An engine cache entry cannot be used: its file or metadata is missing, unreadable or corrupt."""
 
     reason = "engine_cache_corrupt"
+
+
+class InvalidImageError(ShelfTallyError):
+    """A picture cannot be turned into pixels; ``reason`` says why (the bytes are at fault, not the caller).
+
+    Reasons (the decoder, ``workers.ingest``, uses exactly these):
+
+    * ``empty_file``: the file or upload has no bytes.
+    * ``file_too_large``: the upload has more bytes than the caller allows (``max_bytes``).
+    * ``not_an_image``: the content is no picture format the decoder knows (text, an HTML page,
+      random bytes), whatever the file name says.
+    * ``corrupt_image``: the content starts like a known picture format but is damaged or
+      truncated (a JPEG cut short, a PNG with a damaged chunk or checksum).
+    * ``image_too_large``: the header declares more pixels than the limit; nothing was decoded.
+    * ``unsupported_image``: a real picture of a kind that has no defined 8-bit RGB reading here
+      (32-bit float samples, 32-bit integer samples beyond 16 bits, a mode Pillow cannot convert).
+    * ``invalid_image``: the default, for anything else.
+    """
+
+    reason = "invalid_image"
