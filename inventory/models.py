@@ -204,13 +204,15 @@ class Scan(Base):
     """One picture of one location at one capture time.
 
     Unique on (image_sha256, location, captured_at): the same picture of the same place at the
-    same time is one scan, however often it is delivered.
+    same time is one scan, however often it is delivered. A rejected picture whose location
+    could not be known (it was to be read from a label in the unreadable picture) has no
+    location; every other scan has one.
     """
 
     __tablename__ = "scan"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    location_id: Mapped[int] = mapped_column(sa.ForeignKey("location.id", ondelete="RESTRICT"))
+    location_id: Mapped[int | None] = mapped_column(sa.ForeignKey("location.id", ondelete="RESTRICT"))
     captured_at: Mapped[datetime] = mapped_column()
     image_sha256: Mapped[str] = mapped_column(sa.String(64))
     image_size_bytes: Mapped[int] = mapped_column(sa.BigInteger)
@@ -226,10 +228,11 @@ class Scan(Base):
     processed_at: Mapped[datetime | None] = mapped_column()
     reconciled_at: Mapped[datetime | None] = mapped_column()
 
-    location: Mapped[Location] = relationship()
+    location: Mapped[Location | None] = relationship()
 
     __table_args__ = (
         sa.UniqueConstraint("image_sha256", "location_id", "captured_at"),
+        sa.CheckConstraint("location_id IS NOT NULL OR status = 'rejected'", name="location_unless_rejected"),
         sa.Index("ix_scan_location_id_captured_at", "location_id", "captured_at"),
     )
 

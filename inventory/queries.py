@@ -128,7 +128,7 @@ def counts(
     keys = set(book) | set(observed)
     if not keys:
         return []
-    last_seen: dict[tuple[int, int], datetime] = {
+    last_seen: dict[tuple[int | None, int], datetime] = {
         (location_id, sku_id): seen_at
         for location_id, sku_id, seen_at in session.execute(
             sa.select(Scan.location_id, Observation.sku_id, sa.func.max(Scan.captured_at))

@@ -56,6 +56,7 @@ from inventory.errors import (
 )
 from inventory.models import (
     AlertStateChange,
+    Detection,
     Discrepancy,
     DiscrepancyKind,
     DiscrepancyStatus,
@@ -145,6 +146,25 @@ class ObservedCount:
 
 
 @dataclass(frozen=True)
+class DetectedItem:
+    """One detected item of a scan, stored as a ``detection`` row (the evidence behind a count).
+
+    Attributes:
+        xyxy: box corners (x1, y1, x2, y2), pixels of the upright picture, x1 <= x2, y1 <= y2.
+        confidence: detector confidence in [0, 1].
+        class_id: the detector's class index.
+        sku_code: the SKU the classifier named, or None (not recognised, or not in the SKU master).
+        sku_confidence: the classifier's confidence in [0, 1], or None when not classified.
+    """
+
+    xyxy: tuple[float, float, float, float]
+    confidence: float
+    class_id: int
+    sku_code: str | None = None
+    sku_confidence: float | None = None
+
+
+@dataclass(frozen=True)
 class ScanRecord:
     """A processed scan to record: one picture (or one manual count) of one location.
 
@@ -158,6 +178,7 @@ class ScanRecord:
         unknown_facings: detected items no SKU was recognised for.
         width_px, height_px: upright picture size.
         detector_version, classifier_version: model versions that produced the counts.
+        detections: the detected items behind the counts (stored with the scan).
     """
 
     location_code: str
@@ -171,6 +192,7 @@ class ScanRecord:
     height_px: int | None = None
     detector_version: str | None = None
     classifier_version: str | None = None
+    detections: Sequence[DetectedItem] = ()
 
     def key(self) -> tuple[str, str, datetime]:
         """Idempotency key: (image_sha256, location_code, captured_at in UTC)."""
@@ -290,7 +312,10 @@ def record_scans(
     missing = sorted(codes - locations.keys())
     if missing:
         raise UnknownLocationError(f"unknown location_code(s): {', '.join(missing)}")
-    skus = sku_ids(session, (o.sku_code for r in scans for o in r.observations))
+    skus = sku_ids(session, [
+        *(o.sku_code for r in scans for o in r.observations),
+        *(d.sku_code for r in scans for d in r.detections if d.sku_code is not None),
+    ])
     now = utcnow()
     unique = list({r.key(): r for r in reversed(scans)}.values())[::-1]  # first occurrence wins
     rows = [
@@ -311,7 +336,7 @@ def record_scans(
         }
         for r in unique
     ]
-    code_of = {loc.id: code for code, loc in locations.items()}
+    code_of: dict[int | None, str] = {loc.id: code for code, loc in locations.items()}
     stmt = (
         dialect_insert(session, Scan)
         .on_conflict_do_nothing(index_elements=["image_sha256", "location_id", "captured_at"])
@@ -344,6 +369,21 @@ def record_scans(
     ]
     if observations:
         session.execute(sa.insert(Observation), observations)
+    detections = [
+        {
+            "scan_id": created[r.key()],
+            "x1": d.xyxy[0], "y1": d.xyxy[1], "x2": d.xyxy[2], "y2": d.xyxy[3],
+            "confidence": d.confidence,
+            "class_id": d.class_id,
+            "sku_id": skus[d.sku_code] if d.sku_code is not None else None,
+            "sku_confidence": d.sku_confidence,
+        }
+        for r in unique
+        if r.key() in created
+        for d in r.detections
+    ]
+    if detections:
+        session.execute(sa.insert(Detection), detections)
     out = []
     seen: set[tuple[str, str, datetime]] = set()
     for r in scans:
@@ -351,6 +391,66 @@ def record_scans(
         out.append((ids[key], key in created and key not in seen))
         seen.add(key)
     return out
+
+
+def record_rejected_scan(
+    session: Session,
+    *,
+    location_code: str | None,
+    captured_at: datetime,
+    image_sha256: str,
+    image_size_bytes: int,
+    source: str,
+    reason: str,
+) -> tuple[int, bool]:
+    """Record a picture that produced no counts (status ``rejected``), once (does not commit).
+
+    A rejected scan never has observations, detections or alerts, and is never reconciled. Keyed
+    like every scan by (``image_sha256``, location, ``captured_at``); without a location (it was
+    to be read from the unreadable picture) by (``image_sha256``, ``captured_at``, ``source``)
+    among the location-less rejections.
+
+    Args:
+        session: the caller's session (it owns the transaction).
+        location_code: where the picture was taken, or None when unknown.
+        captured_at: aware capture time.
+        image_sha256: hex digest of the picture's bytes.
+        image_size_bytes: their number.
+        source: where the picture came from (path, camera id, upload).
+        reason: the machine-readable reason (e.g. ``corrupt_image``), at most 64 characters.
+
+    Returns:
+        ``(scan_id, created)``; ``created`` is False when the same rejection (or a processed scan
+        with the same key) was already recorded.
+
+    Raises:
+        UnknownLocationError: ``location_code`` is not a location.
+        NaiveDatetimeError: ``captured_at`` has no UTC offset.
+    """
+    if captured_at.tzinfo is None or captured_at.utcoffset() is None:
+        raise NaiveDatetimeError(f"captured_at {captured_at.isoformat()} has no UTC offset")
+    location_id = get_location(session, location_code).id if location_code is not None else None
+    key = sa.and_(
+        Scan.image_sha256 == image_sha256,
+        Scan.captured_at == captured_at,
+        Scan.location_id == location_id if location_id is not None else Scan.location_id.is_(None),
+        Scan.source == source if location_id is None else sa.true(),
+    )
+    existing = session.scalars(sa.select(Scan.id).where(key).order_by(Scan.id).limit(1)).first()
+    if existing is not None:
+        return existing, False
+    now = utcnow()
+    stmt = dialect_insert(session, Scan).values(
+        location_id=location_id, captured_at=captured_at, image_sha256=image_sha256,
+        image_size_bytes=image_size_bytes, source=source[:255], status=ScanStatus.REJECTED,
+        reject_reason=reason[:64], unknown_facings=0, created_at=now, processed_at=now,
+    )
+    if location_id is not None:
+        stmt = stmt.on_conflict_do_nothing(index_elements=["image_sha256", "location_id", "captured_at"])
+    scan_id = session.execute(stmt.returning(Scan.id)).scalar()
+    if scan_id is None:  # a concurrent transaction recorded the same key first
+        return session.scalars(sa.select(Scan.id).where(key)).one(), False
+    return int(scan_id), True
 
 
 def record_scan(session: Session, *, scan: ScanRecord, now: datetime | None = None) -> tuple[int, bool]:
@@ -415,12 +515,16 @@ def reconcile_scans(
     ids = list(dict.fromkeys(scan_ids))
     if not ids:
         return []
-    location_of: dict[int, int] = dict(
-        session.execute(sa.select(Scan.id, Scan.location_id).where(Scan.id.in_(ids))).all()
-    )
-    missing = [i for i in ids if i not in location_of]
+    found = session.execute(sa.select(Scan.id, Scan.location_id).where(Scan.id.in_(ids))).all()
+    missing = sorted(set(ids) - {scan_id for scan_id, _ in found})
     if missing:
         raise NotFoundError(f"scan(s) not found: {', '.join(map(str, missing))}")
+    nowhere = [scan_id for scan_id, location_id in found if location_id is None]
+    if nowhere:  # only rejected scans lack a location (CHECK ck_scan_location_unless_rejected)
+        raise InvalidStateError(
+            f"scan(s) {', '.join(map(str, nowhere))} are rejected; only processed scans are reconciled"
+        )
+    location_of: dict[int, int] = {scan_id: location_id for scan_id, location_id in found if location_id is not None}
     location_ids = sorted(set(location_of.values()))
     locations = {
         loc.id: loc
@@ -481,7 +585,7 @@ def reconcile_scans(
         if scan not in fresh_set:
             work.outcome.already_reconciled = True
             continue
-        location = locations[scan.location_id]
+        location = locations[location_of[scan.id]]
         if location.reconciled_through is not None and scan.captured_at < location.reconciled_through:
             work.outcome.stale = True
             logger.info("scan_id=%s captured %s before location %s was last reconciled (%s): stale",

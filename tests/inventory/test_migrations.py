@@ -174,7 +174,7 @@ def seed_scan_to_adjustment(session: Session, *, captured_at: datetime) -> None:
 
 def test_current_is_none_before_and_head_after_upgrade(db_url: str) -> None:
     assert migrations.current(db_url) is None
-    assert migrations.head() == "0002"
+    assert migrations.head() == "0003"
 
     migrations.upgrade(db_url)
 
@@ -212,7 +212,7 @@ def test_downgrade_to_0001_keeps_the_book_and_upgrade_restores_the_rest(db_url: 
 
     migrations.upgrade(db_url)
 
-    assert migrations.current(db_url) == "0002"
+    assert migrations.current(db_url) == "0003"
     assert book_rows(db_url) == book
     assert later_table_counts(db_url) == dict.fromkeys(LATER_TABLES, 0)
     with session_on(db_url) as session:
@@ -235,7 +235,7 @@ def test_downgrade_to_base_drops_everything_and_upgrade_starts_over(db_url: str)
 
     migrations.upgrade(db_url)
 
-    assert migrations.current(db_url) == "0002"
+    assert migrations.current(db_url) == "0003"
     with session_on(db_url) as session:
         seed_book(session)
         seed_scan_to_adjustment(session, captured_at=at(5))
@@ -388,7 +388,7 @@ def test_migrated_schema_equals_the_models_created_directly(db_url: str) -> None
     assert ("uq_discrepancy_active_location_sku", ["location_id", "sku_id"], True) in [
         index[:3] for index in created["discrepancy"]["indexes"]
     ]
-    assert len(checks) == 12  # 9 enum columns and 3 quantity rules, all named by the convention
+    assert len(checks) == 13  # 9 enum columns, 3 quantity rules and the scan location rule, all named
     assert fresh == created
     assert round_trip == created
 
@@ -464,7 +464,7 @@ def test_downgrade_inside_the_callers_transaction(db_url: str) -> None:
             with pytest.raises(RuntimeError, match="foreign keys are on"), engine.begin() as connection:
                 config.attributes["connection"] = connection
                 command.downgrade(config, "0001")
-            expected_revision = "0002"
+            expected_revision = "0003"
         else:
             with engine.begin() as connection:
                 config.attributes["connection"] = connection
@@ -491,8 +491,35 @@ def test_offline_mode_writes_the_upgrade_sql_without_a_database(database_url: st
     command.upgrade(config, "head", sql=True)
 
     sql = config.output_buffer.getvalue()
-    assert sql.count("CREATE TABLE") == 1 + len(BOOK_TABLES) + len(LATER_TABLES)  # with alembic_version
+    # With alembic_version; SQLite alters scan.location_id (0003) by copying into _alembic_tmp_scan.
+    copies = sql.count("CREATE TABLE _alembic_tmp_")
+    assert copies == (1 if database_url.startswith("sqlite") else 0)
+    assert sql.count("CREATE TABLE") - copies == 1 + len(BOOK_TABLES) + len(LATER_TABLES)
     assert "ALTER TABLE location ADD COLUMN reconciled_through" in sql
     assert expected in sql
     assert "WHERE status != 'resolved'" in sql
     assert sql.rstrip().endswith("COMMIT;")
+
+
+def test_0003_allows_only_rejected_scans_without_a_location_and_downgrade_drops_them(db_url: str) -> None:
+    migrations.upgrade(db_url)
+    with session_on(db_url) as session:
+        seed_book(session)
+        seed_scan_to_adjustment(session, captured_at=at(5))
+        session.add(Scan(location_id=None, captured_at=at(6), image_sha256="f" * 64, image_size_bytes=3,
+                         source="upload", status=ScanStatus.REJECTED, reject_reason="corrupt_image"))
+    with pytest.raises(sa.exc.IntegrityError), session_on(db_url) as session:
+        session.add(Scan(location_id=None, captured_at=at(6), image_sha256="e" * 64, image_size_bytes=3,
+                         source="upload", status=ScanStatus.PROCESSED))
+    with connect(db_url) as connection:
+        assert connection.execute(sa.text("SELECT count(*) FROM scan")).scalar() == 2
+
+    migrations.downgrade(db_url, "0002")
+
+    assert migrations.current(db_url) == "0002"
+    with connect(db_url) as connection:
+        assert connection.execute(sa.text("SELECT count(*) FROM scan")).scalar() == 1
+        assert connection.execute(sa.text("SELECT count(*) FROM scan WHERE location_id IS NULL")).scalar() == 0
+    assert later_table_counts(db_url) == dict.fromkeys(LATER_TABLES, 1)
+    migrations.upgrade(db_url)
+    assert migrations.current(db_url) == "0003"

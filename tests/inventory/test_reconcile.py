@@ -15,9 +15,10 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from inventory.db import run_in_transaction
-from inventory.errors import InvalidInputError, InvalidStateError, UnknownSkuError
+from inventory.errors import InvalidInputError, InvalidStateError, UnknownLocationError, UnknownSkuError
 from inventory.models import (
     Alert,
+    Detection,
     Discrepancy,
     DiscrepancyKind,
     DiscrepancyStatus,
@@ -32,12 +33,14 @@ from inventory.models import (
     StockLevel,
 )
 from inventory.reconcile import (
+    DetectedItem,
     ObservedCount,
     ReconcileOutcome,
     ReconcilePolicy,
     ScanRecord,
     classify,
     reconcile_scan,
+    record_rejected_scan,
     record_scan,
 )
 from tests.conftest import at, count_rows, seed_shelf
@@ -467,3 +470,71 @@ def test_concurrent_out_of_order_scans_end_at_newest(factory: sessionmaker[Sessi
         assert active(session) == []
         loc = session.scalars(sa.select(Location).where(Location.location_code == SHELF)).one()
         assert loc.reconciled_through == at(7)
+
+
+@pytest.mark.usefixtures("shelf")
+def test_detections_are_stored_with_a_new_scan_only(factory: sessionmaker[Session]) -> None:
+    record = ScanRecord(
+        location_code=SHELF, captured_at=at(0), image_sha256="d" * 64, image_size_bytes=10, source="test",
+        observations=[ObservedCount("A", 1, 0.9)], unknown_facings=1,
+        detections=[
+            DetectedItem((1.0, 2.0, 30.0, 40.0), 0.8, 0, "A", 0.9),
+            DetectedItem((50.0, 2.0, 80.0, 40.0), 0.6, 0, None, None),
+        ],
+    )
+    with factory.begin() as session:
+        scan_id, created = record_scan(session, scan=record)
+    with factory.begin() as session:
+        again, created_again = record_scan(session, scan=record)
+    assert created and not created_again and again == scan_id
+    with factory() as session:
+        rows = session.scalars(sa.select(Detection).order_by(Detection.x1)).all()
+        a = session.scalars(sa.select(Sku).where(Sku.sku_code == "A")).one()
+    stored = [(r.scan_id, r.x1, r.y1, r.x2, r.y2, r.confidence, r.class_id, r.sku_id, r.sku_confidence) for r in rows]
+    assert stored == [
+        (scan_id, 1.0, 2.0, 30.0, 40.0, pytest.approx(0.8), 0, a.id, pytest.approx(0.9)),
+        (scan_id, 50.0, 2.0, 80.0, 40.0, pytest.approx(0.6), 0, None, None),
+    ]
+
+
+@pytest.mark.usefixtures("shelf")
+def test_a_detection_of_an_unknown_sku_code_writes_nothing(factory: sessionmaker[Session]) -> None:
+    record = ScanRecord(
+        location_code=SHELF, captured_at=at(0), image_sha256="d" * 64, image_size_bytes=10, source="test",
+        detections=[DetectedItem((1.0, 2.0, 30.0, 40.0), 0.8, 0, "NOPE", 0.9)],
+    )
+    with pytest.raises(UnknownSkuError, match="NOPE"), factory.begin() as session:
+        record_scan(session, scan=record)
+    with factory() as session:
+        assert count_rows(session, Scan) == 0
+
+
+@pytest.mark.usefixtures("shelf")
+@pytest.mark.parametrize("location_code", [SHELF, None])
+def test_rejected_picture_is_recorded_once_with_its_reason(
+    factory: sessionmaker[Session], location_code: str | None
+) -> None:
+    def reject(session: Session) -> tuple[int, bool]:
+        return record_rejected_scan(
+            session, location_code=location_code, captured_at=at(0), image_sha256="c" * 64,
+            image_size_bytes=5, source="camera-1", reason="corrupt_image",
+        )
+
+    first = run_in_transaction(factory, reject)
+    second = run_in_transaction(factory, reject)
+    assert first[1] and second == (first[0], False)
+    with factory() as session:
+        scan = session.get(Scan, first[0])
+        assert scan is not None
+        assert (scan.status, scan.reject_reason, scan.unknown_facings) == (ScanStatus.REJECTED, "corrupt_image", 0)
+        assert (scan.location_id is None) == (location_code is None)
+        assert count_rows(session, Observation) == 0 and count_rows(session, Discrepancy) == 0
+    with factory.begin() as session, pytest.raises(InvalidStateError):
+        reconcile_scan(session, scan_id=first[0], policy=STRICT)
+
+
+@pytest.mark.usefixtures("shelf")
+def test_rejection_at_an_unknown_location_is_refused(factory: sessionmaker[Session]) -> None:
+    with pytest.raises(UnknownLocationError), factory.begin() as session:
+        record_rejected_scan(session, location_code="NOWHERE", captured_at=at(0), image_sha256="c" * 64,
+                             image_size_bytes=5, source="x", reason="corrupt_image")
