@@ -34,6 +34,25 @@ def _font_source() -> Path | None:
     return next((c for c in candidates if c.is_file()), None)
 
 
+def _restore_pillow_open() -> None:
+    """Undo ultralytics' replacement of ``PIL.Image.open``.
+
+    ultralytics (``ultralytics/utils/patches.py``) wraps ``PIL.Image.open`` for the whole process
+    so that a file Pillow cannot identify triggers a pip install of a HEIF plugin; offline that
+    raises ``ModuleNotFoundError`` from every ``Image.open`` of a non-image instead of Pillow's
+    ``UnidentifiedImageError``. ShelfTally decodes HEIF with its own ``heif`` extra.
+    """
+    from PIL import Image
+
+    try:
+        from ultralytics.utils import patches
+    except ImportError:  # pragma: no cover - a future ultralytics without the module
+        return
+    original = getattr(patches, "_image_open", None)
+    if callable(original) and Image.open is getattr(patches, "image_open", None):
+        Image.open = original
+
+
 def configure_offline(config_dir: Path | None = None, *, ultralytics: bool = True) -> Path:
     """Set the environment and ultralytics settings for offline use; idempotent.
 
@@ -92,6 +111,7 @@ def configure_offline(config_dir: Path | None = None, *, ultralytics: bool = Tru
         "neptune": False,
         "raytune": False,
     }
+    _restore_pillow_open()
     update: Callable[[dict[str, Any]], None] = settings.update  # untyped in ultralytics
     update({k: v for k, v in updates.items() if k in settings})
     _DONE["dir"] = root

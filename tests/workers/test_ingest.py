@@ -19,6 +19,7 @@ import tracemalloc
 import warnings
 import zlib
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, cast
 
@@ -702,3 +703,44 @@ def test_real_photos_match_opencv() -> None:
         reference = opencv_rgb(photo.read_bytes())
         assert decoded.format == "JPEG" and decoded.pixels.shape == reference.shape, photo.name
         assert np.abs(decoded.pixels.astype(np.int16) - reference).mean() < 1, photo.name
+
+
+def _jpeg_with_exif(tags: dict[int, str], sub: dict[int, str]) -> bytes:
+    exif = Image.Exif()
+    for tag, value in tags.items():
+        exif[tag] = value
+    ifd = exif.get_ifd(0x8769)
+    for tag, value in sub.items():
+        ifd[tag] = value
+    out = io.BytesIO()
+    Image.new("RGB", (16, 8), (10, 20, 30)).save(out, "JPEG", exif=exif)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("tags", "sub", "expected"),
+    [
+        ({}, {}, None),
+        ({0x0132: "2024:05:06 07:08:09"}, {}, datetime(2024, 5, 6, 7, 8, 9)),  # DateTime, naive
+        ({0x0132: "2020:01:01 00:00:00"}, {0x9003: "2026:11:28 09:15:30", 0x9011: "+01:00"},
+         datetime(2026, 11, 28, 8, 15, 30, tzinfo=UTC)),  # DateTimeOriginal wins, with its offset
+        ({}, {0x9003: "2026:11:28 09:15:30"}, datetime(2026, 11, 28, 9, 15, 30)),
+        ({0x0132: "0000:00:00 00:00:00"}, {}, None),  # cameras write zeros for "unknown"
+        ({0x0132: "garbage"}, {}, None),
+    ],
+)
+def test_exif_capture_time(tags: dict[int, str], sub: dict[int, str], expected: datetime | None) -> None:
+    taken = decode_image(_jpeg_with_exif(tags, sub)).exif_datetime_original
+    assert taken == expected
+    if expected is not None:
+        assert (taken.tzinfo is None) == (expected.tzinfo is None)  # type: ignore[union-attr]
+
+
+def test_not_an_image_even_after_ultralytics_replaced_pillows_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Importing ultralytics wraps PIL.Image.open with a pip-installing HEIF retry; decoding ignores it."""
+    patches = pytest.importorskip("ultralytics.utils.patches")
+    monkeypatch.setattr(Image, "open", patches.image_open)  # as right after `import ultralytics`
+    monkeypatch.setattr(patches, "_pil_plugins_registered", False)
+    with pytest.raises(InvalidImageError) as caught:
+        decode_image(b"<!DOCTYPE html><html><body>Login</body></html>")
+    assert caught.value.reason == "not_an_image"

@@ -78,6 +78,7 @@ import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cache
 from typing import BinaryIO, Final
 
@@ -127,6 +128,10 @@ class DecodedImage:
             already upright); ``pixels`` has it applied.
         source_mode: Pillow's mode of the picture as opened, before conversion to RGB
             (``"RGB"``, ``"L"``, ``"P"``, ``"CMYK"``, ``"I;16"``, ``"RGBA"``, ``"1"``, ...).
+        exif_datetime_original: when the camera says the picture was taken: EXIF
+            DateTimeOriginal (tag 0x9003; DateTime 0x0132 when it is absent), aware when the
+            file also gives OffsetTimeOriginal (0x9011), naive (camera local time) otherwise;
+            None when absent or unparsable (EXIF 2.32, CIPA DC-008-2019, 4.6.5).
 
     Instances compare by identity (``pixels`` is an array); compare ``sha256`` or the arrays.
 
@@ -143,6 +148,7 @@ class DecodedImage:
     resolution_wh: tuple[int, int]
     exif_orientation: int = 1
     source_mode: str = "RGB"
+    exif_datetime_original: datetime | None = None
 
     def __post_init__(self) -> None:
         pixels = np.asarray(self.pixels)
@@ -209,7 +215,7 @@ def decode_image(
     with warnings.catch_warnings():
         # Pillow warns above its own MAX_IMAGE_PIXELS; this call enforces max_pixels instead.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        pixels, picture_format, source_mode, orientation = _decode(data, kind, max_pixels, fill)
+        pixels, picture_format, source_mode, orientation, taken = _decode(data, kind, max_pixels, fill)
     decoded = DecodedImage(
         pixels=pixels,
         sha256=digest,
@@ -217,6 +223,7 @@ def decode_image(
         resolution_wh=(int(pixels.shape[1]), int(pixels.shape[0])),
         exif_orientation=orientation,
         source_mode=source_mode,
+        exif_datetime_original=taken,
     )
     logger.debug(
         "decoded sha256=%s format=%s mode=%s orientation=%d resolution_wh=%s",
@@ -292,8 +299,8 @@ def read_image(
 
 def _decode(
     data: bytes, kind: str | None, max_pixels: int, background: tuple[int, int, int]
-) -> tuple[npt.NDArray[np.uint8], str, str, int]:
-    """Open, check, verify, load, orient and convert; returns (pixels, format, source mode, orientation)."""
+) -> tuple[npt.NDArray[np.uint8], str, str, int, datetime | None]:
+    """Open, check, verify, load, orient and convert; returns (pixels, format, source mode, orientation, taken)."""
     image = _open(data, kind)
     try:
         width, height = image.size
@@ -315,16 +322,32 @@ def _decode(
             image = _open(data, kind)  # verify() leaves the image unusable
         _guarded(image.load)  # the first frame only
         orientation = _exif_orientation(image)
+        taken = _exif_datetime_original(image)
         _guarded(lambda: ImageOps.exif_transpose(image, in_place=True))
-        return _to_rgb(image, background), picture_format, source_mode, orientation
+        return _to_rgb(image, background), picture_format, source_mode, orientation, taken
     finally:
         image.close()
+
+
+def _pillow_open() -> Callable[[io.BytesIO], ImageFile.ImageFile]:
+    """Pillow's own ``Image.open``, also when a library has replaced it.
+
+    Importing ultralytics (training, export) replaces ``PIL.Image.open`` with a wrapper that, on
+    a file Pillow cannot identify, tries to pip-install a HEIF plugin and fails offline with
+    ``ModuleNotFoundError``; the wrapper keeps the original as ``_image_open`` in its module.
+    """
+    opener = Image.open
+    if getattr(opener, "__module__", "PIL.Image") != "PIL.Image":
+        original = getattr(opener, "__globals__", {}).get("_image_open")
+        if callable(original) and getattr(original, "__module__", "") == "PIL.Image":
+            return original  # type: ignore[no-any-return]
+    return opener
 
 
 def _open(data: bytes, kind: str | None) -> ImageFile.ImageFile:
     """``Image.open`` on the bytes, its failures mapped to a reason."""
     try:
-        return Image.open(io.BytesIO(data))
+        return _pillow_open()(io.BytesIO(data))
     except Image.DecompressionBombError as error:
         raise InvalidImageError(
             f"the picture is larger than Pillow's own limit: {error} "
@@ -380,6 +403,29 @@ def _exif_orientation(image: Image.Image) -> int:
             logger.debug("unreadable EXIF block; orientation taken as 1")
             value = 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+_EXIF_IFD: Final[int] = 0x8769
+_DATETIME: Final[int] = 0x0132
+_DATETIME_ORIGINAL: Final[int] = 0x9003
+_OFFSET_TIME_ORIGINAL: Final[int] = 0x9011
+
+
+def _exif_datetime_original(image: Image.Image) -> datetime | None:
+    """EXIF DateTimeOriginal (else DateTime), with OffsetTimeOriginal when present; None if unusable."""
+    try:
+        exif = image.getexif()
+        sub = exif.get_ifd(_EXIF_IFD)
+        text = sub.get(_DATETIME_ORIGINAL) or exif.get(_DATETIME)
+        if not isinstance(text, str):
+            return None
+        taken = datetime.strptime(text.strip().rstrip("\x00")[:19], "%Y:%m:%d %H:%M:%S")
+        offset = sub.get(_OFFSET_TIME_ORIGINAL)
+        if isinstance(offset, str) and offset.strip():
+            taken = taken.replace(tzinfo=datetime.strptime(offset.strip().rstrip("\x00"), "%z").tzinfo)
+        return taken
+    except (*_DECODE_ERRORS, TypeError, KeyError):  # unparsable metadata never rejects a good picture
+        return None
 
 
 def _to_rgb(image: Image.Image, background: tuple[int, int, int]) -> npt.NDArray[np.uint8]:
