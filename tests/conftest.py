@@ -11,6 +11,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -113,3 +114,52 @@ def seed_shelf(
 def count_rows(session: Session, model: type[Base]) -> int:
     """Number of rows of a model's table."""
     return int(session.scalar(sa.select(sa.func.count()).select_from(model)) or 0)
+
+
+@pytest.fixture(scope="session")
+def tiny_detector(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model directory (model.pt, model.onnx, openvino/, labels, preprocess, metrics) of a
+    YOLOv8n trained for 12 epochs at 128 px on toy rectangles (``tests/detector/conftest.py``).
+
+    Defined here, not in the detector tests' conftest, so that the detector tests and the scan
+    pipeline tests share one training per session."""
+    import shutil
+
+    from detector._offline import configure_offline
+    from detector.model_dir import Preprocess, write_metadata
+    from tests.detector.conftest import TOY_LABELS, TOY_SIZE, write_toy_dataset
+
+    configure_offline(tmp_path_factory.mktemp("ultralytics"))
+    from ultralytics import YOLO
+
+    work = tmp_path_factory.mktemp("tiny_detector")
+    data = write_toy_dataset(work / "data")
+    model = YOLO("yolov8n.yaml")
+    model.train(
+        data=str(data), imgsz=TOY_SIZE, epochs=12, batch=16, nbs=16, optimizer="AdamW", lr0=0.003,
+        warmup_epochs=0.5, mosaic=0.0, workers=0, device="cpu", seed=0, deterministic=True,
+        plots=False, val=True, project=str(work / "runs"), name="train", exist_ok=True, verbose=False, amp=False,
+    )
+    out = work / "model"
+    out.mkdir()
+    best = Path(model.trainer.best)
+    shutil.copyfile(best, out / "model.pt")
+    metrics = YOLO(str(out / "model.pt")).val(data=str(data), imgsz=TOY_SIZE, batch=16, device="cpu", plots=False,
+                                                verbose=False, project=str(work / "runs"), name="val", exist_ok=True)
+    trained = YOLO(str(out / "model.pt"))
+    onnx_path = Path(trained.export(format="onnx", imgsz=TOY_SIZE, dynamic=True, simplify=True, opset=17))
+    shutil.move(onnx_path, out / "model.onnx")
+    ov_dir = Path(YOLO(str(out / "model.pt")).export(format="openvino", imgsz=TOY_SIZE, dynamic=True))
+    (out / "openvino").mkdir()
+    for suffix in (".xml", ".bin"):
+        shutil.move(next(ov_dir.glob(f"*{suffix}")), out / "openvino" / f"model{suffix}")
+    shutil.rmtree(ov_dir)
+    write_metadata(
+        out,
+        labels=TOY_LABELS,
+        preprocess=Preprocess(input_size=TOY_SIZE),
+        metrics={"mAP50": float(metrics.box.map50), "mAP50-95": float(metrics.box.map),
+                 "precision": float(metrics.box.mp), "recall": float(metrics.box.mr)},
+        provenance={"recipe": "tests/conftest.py::tiny_detector"},
+    )
+    return out

@@ -530,21 +530,85 @@ def alerts_deliver(typer_ctx: typer.Context, as_json: JsonOption = False) -> Non
         raise typer.Exit(1)
 
 
+@app.command("scan")
+def scan_cmd(
+    typer_ctx: typer.Context,
+    paths: Annotated[list[Path], typer.Argument(help="Picture files, folders or quoted glob patterns.")],
+    location: Annotated[str | None, typer.Option(
+        "--location", help="Location code; omit it to read each picture's location label (QR code / barcode).",
+    )] = None,
+    captured_at: Annotated[str | None, typer.Option(
+        "--captured-at", help="Capture time (ISO 8601 with offset); default: EXIF, else the file's time.",
+    )] = None,
+    detector: Annotated[Path | None, typer.Option(
+        "--detector", help="Detector model directory (default SHELFTALLY_MODELS__DETECTOR_DIR).",
+        exists=True, file_okay=False,
+    )] = None,
+    classifier: Annotated[Path | None, typer.Option(
+        "--classifier", help="Classifier model directory (default SHELFTALLY_MODELS__CLASSIFIER_DIR).",
+        exists=True, file_okay=False,
+    )] = None,
+    evidence_dir: Annotated[Path | None, typer.Option(
+        "--evidence-dir", help="Where evidence images go (default SHELFTALLY_SCAN__EVIDENCE_DIR, ./evidence).",
+    )] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Count the stock in pictures, reconcile it against the book, write evidence images.
+
+    Pictures that fail are reported with their reason (and recorded as rejected scans); the rest
+    are still scanned. Exit status 1 when any picture failed.
+    """
+    from workers.cli_scan import build_pipeline, collect_pictures, print_run, result_dict, run_scan
+
+    ctx = _ctx(typer_ctx)
+    when = _time(captured_at, "--captured-at")
+    pictures, missing = collect_pictures(paths)
+    if missing:
+        raise typer.BadParameter(f"no such file or folder (and no glob match): {', '.join(missing)}",
+                                 param_hint="PATHS")
+    if not pictures:
+        raise typer.BadParameter("no pictures in the given folders", param_hint="PATHS")
+    with _errors(as_json):
+        pipeline = build_pipeline(ctx.settings, ctx.factory, detector=detector, classifier=classifier,
+                                  evidence_dir=evidence_dir)
+        run = run_scan(pipeline, pictures, location_code=location, captured_at=when, show_progress=not as_json)
+        report = ctx.deliver_alerts()
+    if as_json:
+        print_json({"pictures": [result_dict(r) for r in run.results], "alerts_delivered": report.delivered,
+                    "alerts_failed": report.failed})
+    else:
+        print_run(run, ctx.factory, confirm_after_scans=ctx.settings.reconcile.confirm_after_scans)
+    if run.failed:
+        if not as_json:
+            err_console.print(f"{len(run.failed)} picture(s) could not be scanned (see the reasons above)",
+                              highlight=False)
+        raise typer.Exit(1)
+
+
 @app.command("demo")
 def demo_cmd(
     typer_ctx: typer.Context,
     workdir: Annotated[
-        Path, typer.Option(help="Folder of the demo database shelftally.db (replaced on every run).")
+        Path, typer.Option(help="Folder of the demo: database, photos, evidence, models (models are reused).")
     ] = Path("shelftally-demo"),
+    counts_only: Annotated[bool, typer.Option(
+        "--counts-only", help="Only the inventory half: reconcile the shipped cycle-count file (no models, < 1 s).",
+    )] = False,
 ) -> None:
-    """Build a small demo warehouse, reconcile two rounds of counts, print the report.
+    """Count a small demo warehouse from shelf photos: train the demo models, scan, report.
 
     The demo always uses its own SQLite database in --workdir (not --database-url), so it never
-    touches a real one.
+    touches a real one. The first run trains the demo models (a few minutes); later runs reuse them.
     """
-    from workers.demo import run_demo
-
     with _errors():
         if workdir.exists() and not workdir.is_dir():
             raise ConfigurationError(f"--workdir {workdir} exists and is not a folder", reason="invalid_workdir")
-        run_demo(workdir, console=console, settings=_ctx(typer_ctx).settings)
+        settings = _ctx(typer_ctx).settings
+        if counts_only:
+            from workers.demo import run_demo
+
+            run_demo(workdir, console=console, settings=settings)
+        else:
+            from workers.demo_vision import run_vision_demo
+
+            run_vision_demo(workdir, console=console, settings=settings)

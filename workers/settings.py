@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import tzinfo
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -94,12 +96,42 @@ class AlertSettings(BaseModel):
 
 
 class ModelSettings(BaseModel):
-    """Model directories (a model is a directory: weights, labels, preprocessing, metrics)."""
+    """Model directories (a model is a directory: weights, labels, preprocessing, metrics) and their runtime."""
 
     model_config = ConfigDict(extra="forbid")
 
     detector_dir: Path | None = None
     classifier_dir: Path | None = None
+    backend: Literal["onnx", "openvino", "torch", "tensorrt"] = "onnx"
+    threads: int | None = Field(None, ge=1, description="intra-op threads per model; None: the runtime's default")
+    detector_confidence: float = Field(0.25, ge=0, le=1, description="detector confidence threshold")
+
+
+class ScanSettings(BaseModel):
+    """How pictures are scanned (:class:`workers.pipeline.PipelineConfig`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    evidence_dir: Path | None = Field(Path("evidence"), description="evidence images; None: not written")
+    max_pixels: int = Field(150_000_000, ge=1, description="largest picture decoded, width x height")
+    min_box_px: float = Field(2.0, ge=0, description="boxes narrower or lower than this are dropped")
+    camera_timezone: str | None = Field(
+        None, description="IANA zone of EXIF capture times without offset; None: this machine's zone"
+    )
+
+    @field_validator("camera_timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError) as error:
+                raise ValueError(f"unknown IANA time zone {value!r} (e.g. Europe/Stockholm)") from error
+        return value
+
+    def zone(self) -> tzinfo | None:
+        """The camera time zone, None for this machine's local zone."""
+        return ZoneInfo(self.camera_timezone) if self.camera_timezone else None
 
 
 class Settings(BaseSettings):
@@ -110,7 +142,8 @@ class Settings(BaseSettings):
             directory. Production: ``postgresql+psycopg://user@host:5432/db``.
         broker_url: Celery broker URL (``redis://127.0.0.1:6379/0``); ``None`` runs everything
             in-process.
-        models: model directories.
+        models: model directories and their runtime.
+        scan: picture limits, evidence images, camera time zone.
         reconcile: tolerances and hysteresis.
         alerts: alert channels and delivery.
     """
@@ -127,6 +160,7 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///shelftally.db"
     broker_url: str | None = None
     models: ModelSettings = Field(default_factory=ModelSettings)
+    scan: ScanSettings = Field(default_factory=ScanSettings)
     reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
 

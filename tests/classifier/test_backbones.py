@@ -29,7 +29,8 @@ def batchnorms(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm._Batch
 
 @pytest.mark.parametrize(
     ("name", "feature_dim"),
-    [("mobilenet_v3_small", 576), ("mobilenet_v3_large", 960), ("resnet18", 512), ("efficientnet_b0", 1280)],
+    [("mobilenet_v3_small", 576), ("mobilenet_v3_large", 960), ("resnet18", 512), ("efficientnet_b0", 1280),
+     ("shufflenet_v2_x1_0", 1024)],
 )
 def test_every_backbone_gives_logits_and_unit_embeddings(name: str, feature_dim: int) -> None:
     torch.manual_seed(0)
@@ -43,7 +44,9 @@ def test_every_backbone_gives_logits_and_unit_embeddings(name: str, feature_dim:
     norms = batchnorms(model)
     assert norms and all(bn.momentum == 0.1 for bn in norms)  # ENVIRONMENT.md: 0.01 does not learn in few steps
     assert len(model.stages) >= 5
-    assert set(BACKBONES) == {"mobilenet_v3_small", "mobilenet_v3_large", "resnet18", "efficientnet_b0"}
+    assert set(BACKBONES) == {
+        "mobilenet_v3_small", "mobilenet_v3_large", "resnet18", "efficientnet_b0", "shufflenet_v2_x1_0"
+    }
 
 
 def test_linear_head_and_custom_momentum() -> None:

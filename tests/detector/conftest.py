@@ -8,15 +8,10 @@ settings measured to learn on tiny data (ENVIRONMENT.md: nbs = batch, AdamW lr0 
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
-
-from detector._offline import configure_offline
-from detector.model_dir import Preprocess, write_metadata
 
 TOY_LABELS = ["red", "blue"]
 TOY_COLOURS = [(220, 40, 40), (40, 60, 220)]  # RGB
@@ -57,43 +52,3 @@ def write_toy_dataset(root: Path, n_train: int = 96, n_val: int = 24, seed: int 
     data = root / "data.yaml"
     data.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames: {TOY_LABELS}\n")
     return data
-
-
-@pytest.fixture(scope="session")
-def tiny_detector(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model directory (model.pt, model.onnx, openvino/, labels, preprocess, metrics) of a
-    YOLOv8n trained for 12 epochs at 128 px on toy rectangles."""
-    configure_offline(tmp_path_factory.mktemp("ultralytics"))
-    from ultralytics import YOLO
-
-    work = tmp_path_factory.mktemp("tiny_detector")
-    data = write_toy_dataset(work / "data")
-    model = YOLO("yolov8n.yaml")
-    model.train(
-        data=str(data), imgsz=TOY_SIZE, epochs=12, batch=16, nbs=16, optimizer="AdamW", lr0=0.003,
-        warmup_epochs=0.5, mosaic=0.0, workers=0, device="cpu", seed=0, deterministic=True,
-        plots=False, val=True, project=str(work / "runs"), name="train", exist_ok=True, verbose=False, amp=False,
-    )
-    out = work / "model"
-    out.mkdir()
-    best = Path(model.trainer.best)
-    shutil.copyfile(best, out / "model.pt")
-    metrics = YOLO(str(out / "model.pt")).val(data=str(data), imgsz=TOY_SIZE, batch=16, device="cpu", plots=False,
-                                                verbose=False, project=str(work / "runs"), name="val", exist_ok=True)
-    trained = YOLO(str(out / "model.pt"))
-    onnx_path = Path(trained.export(format="onnx", imgsz=TOY_SIZE, dynamic=True, simplify=True, opset=17))
-    shutil.move(onnx_path, out / "model.onnx")
-    ov_dir = Path(YOLO(str(out / "model.pt")).export(format="openvino", imgsz=TOY_SIZE, dynamic=True))
-    (out / "openvino").mkdir()
-    for suffix in (".xml", ".bin"):
-        shutil.move(next(ov_dir.glob(f"*{suffix}")), out / "openvino" / f"model{suffix}")
-    shutil.rmtree(ov_dir)
-    write_metadata(
-        out,
-        labels=TOY_LABELS,
-        preprocess=Preprocess(input_size=TOY_SIZE),
-        metrics={"mAP50": float(metrics.box.map50), "mAP50-95": float(metrics.box.map),
-                 "precision": float(metrics.box.mp), "recall": float(metrics.box.mr)},
-        provenance={"recipe": "tests/detector/conftest.py::tiny_detector"},
-    )
-    return out

@@ -1,0 +1,580 @@
+"""The scan pipeline: one picture of one location in, counts, discrepancies and evidence out.
+
+Per picture (:meth:`ScanPipeline.scan`)::
+
+    bytes -> sha256 -> decode (workers.ingest) -> capture time -> location (given, or read from a
+    location label in the picture) -> already scanned? -> detect -> crop -> classify in batches
+    -> facings per SKU -> one transaction: Scan + Detections + Observations, reconcile, alerts
+    -> evidence image
+
+- **Idempotent.** A picture is identified by (sha256, location, capture time). Scanning it
+  again returns the earlier scan (``status == "duplicate"``) without running the models.
+- **Rejections lose nothing and count nothing.** A picture that cannot be decoded, whose
+  location cannot be read, or whose capture time is refused is recorded as a ``rejected`` scan
+  with its machine-readable reason (:func:`inventory.reconcile.record_rejected_scan`) and never
+  produces observations or alerts; the caller gets a :class:`ScanResult` and goes on.
+- **Capture time**: the caller's, else the camera's EXIF DateTimeOriginal (a time without
+  offset is read in ``PipelineConfig.camera_timezone``, default the machine's local zone),
+  else the file's modification time (paths), else now. The capture time orders scans per
+  location, so it must be the time the shelf looked like this.
+- **Location labels**: when the location is read from a label (QR code / barcode) in the
+  picture, detections lying mostly on a read code are dropped: a label is not a product.
+- **Crops**: detector boxes are already clipped to the picture; boxes narrower or lower than
+  ``min_box_px`` pixels are dropped as degenerate (they are counted nowhere).
+- **Counting**: every kept box is one facing of the SKU the classifier names; a box the
+  classifier rejects as unknown, or names with a SKU code that is not in the SKU master, is an
+  unknown facing (``Scan.unknown_facings``; many of them open an ``unknown_product``
+  discrepancy). Facings become units by the location's facing rule (:mod:`inventory.models`).
+- **Models load once per process** (:func:`load_models` keeps them per process id), never in a
+  parent that forks workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, tzinfo
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from classifier.recognize import Recognizer
+from classifier.types import Classifications
+from detector.backends.base import DetectorBackend
+from detector.types import Detections
+from inventory import queries
+from inventory.db import run_in_transaction
+from inventory.errors import InvalidInputError, NaiveDatetimeError
+from inventory.models import Location, Scan, Sku
+from inventory.reconcile import (
+    DetectedItem,
+    ObservedCount,
+    ReconcileOutcome,
+    ReconcilePolicy,
+    ScanRecord,
+    reconcile_scans,
+    record_rejected_scan,
+    record_scans,
+)
+from shelftally.errors import InvalidImageError, ShelfTallyError
+from workers.evidence import EvidenceItem, draw_evidence, evidence_path, write_evidence
+from workers.ingest import DEFAULT_MAX_PIXELS, DecodedImage, decode_image
+from workers.locate import LocationError, location_code_from_labels, read_labels
+
+__all__ = [
+    "PipelineConfig",
+    "ScanPipeline",
+    "ScanResult",
+    "SkuLine",
+    "crop_boxes",
+    "load_models",
+]
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("decode", "locate", "detect", "crop", "classify", "persist", "evidence")
+"""Stage names of :attr:`ScanResult.timings_ms`, in pipeline order."""
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """How the pipeline treats pictures.
+
+    Attributes:
+        max_pixels: largest picture decoded, width x height (default 150 MP).
+        min_box_px: boxes narrower or lower than this, in pixels, are dropped as degenerate.
+        evidence_dir: where evidence images go (``<dir>/<location>/scan-<id>.jpg``); None: none.
+        location_prefix: payload prefix of ShelfTally location labels (:mod:`workers.locate`).
+        camera_timezone: zone of EXIF capture times that carry no offset; None: the machine's
+            local zone.
+        channels: alert channels written to the outbox by reconciliation.
+    """
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    min_box_px: float = 2.0
+    evidence_dir: Path | None = None
+    location_prefix: str = "LOC:"
+    camera_timezone: tzinfo | None = None
+    channels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SkuLine:
+    """One SKU of a scanned location after reconciliation.
+
+    Attributes:
+        sku_code: the SKU (None for the location's unrecognised products).
+        counted: facings this scan counted.
+        book: book quantity at the location (units), None when not stocked there.
+        discrepancy: the active discrepancy kind at the location after this scan, or None.
+        consecutive_scans: how many scans in a row saw that discrepancy (0 without one).
+    """
+
+    sku_code: str | None
+    counted: int
+    book: int | None
+    discrepancy: str | None = None
+    consecutive_scans: int = 0
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """What happened to one picture.
+
+    Attributes:
+        source: where the picture came from (path, camera id, upload name).
+        status: ``"processed"`` (counted and reconciled), ``"duplicate"`` (scanned before:
+            ``scan_id`` is the earlier scan, nothing was recomputed) or ``"rejected"``.
+        scan_id: the scan row (None only when a rejection could not be recorded).
+        location_code: the location (None when it could not be known).
+        captured_at: aware UTC capture time used.
+        image_sha256: hex digest of the picture's bytes.
+        reason: machine-readable rejection reason (``corrupt_image``, ``location_not_found``, ...).
+        message: human-readable detail of a rejection.
+        counts: facings per recognised SKU code.
+        unknown_facings: boxes no SKU (of the master) was recognised for.
+        lines: per SKU: counted, book and discrepancy after reconciliation (processed only).
+        outcome: what reconciliation changed (processed only).
+        evidence: path of the evidence image, when one was written.
+        timings_ms: milliseconds per stage (:data:`STAGES`) that ran.
+    """
+
+    source: str
+    status: Literal["processed", "duplicate", "rejected"]
+    scan_id: int | None
+    location_code: str | None
+    captured_at: datetime
+    image_sha256: str
+    reason: str | None = None
+    message: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    unknown_facings: int = 0
+    lines: list[SkuLine] = field(default_factory=list)
+    outcome: ReconcileOutcome | None = None
+    evidence: Path | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def crop_boxes(
+    pixels: npt.NDArray[np.uint8], detections: Detections, *, min_box_px: float = 2.0
+) -> tuple[list[npt.NDArray[np.uint8]], npt.NDArray[np.int64]]:
+    """Cut each detection's box out of the picture.
+
+    Boxes are clipped to the picture, rounded outwards to whole pixels, and dropped when the
+    clipped box is narrower or lower than ``min_box_px``.
+
+    Args:
+        pixels: (H, W, 3) uint8 RGB picture.
+        detections: boxes in pixels of ``pixels``.
+        min_box_px: smallest width and height kept, pixels.
+
+    Returns:
+        ``(crops, kept)``: the (h, w, 3) uint8 crops (views of ``pixels``) and the (K,) int64
+        indices of the detections they belong to, in detection order.
+
+    Raises:
+        ValueError: ``pixels`` is not (H, W, 3) uint8.
+    """
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+        raise ValueError(f"pixels: expected (H, W, 3) uint8, received {pixels.shape} {pixels.dtype}")
+    height, width = pixels.shape[:2]
+    crops: list[npt.NDArray[np.uint8]] = []
+    kept: list[int] = []
+    for index, (x1, y1, x2, y2) in enumerate(detections.xyxy.tolist()):
+        left, top = max(0, int(np.floor(x1))), max(0, int(np.floor(y1)))
+        right, bottom = min(width, int(np.ceil(x2))), min(height, int(np.ceil(y2)))
+        if min(x2, width) - max(x1, 0) < min_box_px or min(y2, height) - max(y1, 0) < min_box_px:
+            continue
+        if right <= left or bottom <= top:
+            continue
+        crops.append(pixels[top:bottom, left:right])
+        kept.append(index)
+    return crops, np.array(kept, np.int64)
+
+
+_MODELS: dict[tuple[int, str, str, str, int | None], tuple[DetectorBackend, Recognizer]] = {}
+
+
+def load_models(
+    detector_dir: str | Path,
+    classifier_dir: str | Path,
+    *,
+    backend: str = "onnx",
+    threads: int | None = None,
+    conf: float = 0.25,
+) -> tuple[DetectorBackend, Recognizer]:
+    """Load the detector and the classifier (with its open-set threshold and gallery) once per process.
+
+    The models are kept per process id: a forked worker loads its own and never uses the
+    parent's runtime sessions.
+
+    Args:
+        detector_dir: detector model directory.
+        classifier_dir: classifier model directory.
+        backend: runtime of both (``onnx``, ``openvino``, ``torch``, ``tensorrt``).
+        threads: intra-op threads per model (None: the runtime's default).
+        conf: detector confidence threshold in [0, 1].
+
+    Returns:
+        ``(detector, recognizer)``.
+
+    Raises:
+        ModelLoadError, MissingDependencyError, ConfigurationError: from the backends.
+    """
+    from detector.backends import load as load_detector
+
+    key = (os.getpid(), str(Path(detector_dir).resolve()), str(Path(classifier_dir).resolve()), backend, threads)
+    if key not in _MODELS:
+        detector = load_detector(detector_dir, backend=backend, threads=threads, conf=conf)
+        recognizer = Recognizer.from_model_dir(classifier_dir, backend=backend, threads=threads)
+        _MODELS[key] = (detector, recognizer)
+        logger.info("loaded detector %s (%s) and classifier %s (%s) on %s",
+                    detector_dir, detector.version, classifier_dir, recognizer.backend.version, backend)
+    return _MODELS[key]
+
+
+class ScanPipeline:
+    """Turns pictures into scans (see the module docstring).
+
+    Args:
+        factory: session factory of the inventory database.
+        detector: a loaded detector backend.
+        recognizer: a loaded classifier with open-set rejection and gallery.
+        policy: reconciliation tolerances and hysteresis.
+        config: picture handling, evidence folder, alert channels.
+        clock: returns the current aware time (tests pass a fixed one).
+    """
+
+    def __init__(
+        self,
+        *,
+        factory: sessionmaker[Session],
+        detector: DetectorBackend,
+        recognizer: Recognizer,
+        policy: ReconcilePolicy,
+        config: PipelineConfig | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.factory = factory
+        self.detector = detector
+        self.recognizer = recognizer
+        self.policy = policy
+        self.config = config or PipelineConfig()
+        self.clock = clock or (lambda: datetime.now(UTC))
+
+    # ------------------------------------------------------------------ entry points
+
+    def scan_path(
+        self, path: str | Path, *, location_code: str | None = None, captured_at: datetime | None = None
+    ) -> ScanResult:
+        """Scan a picture file (read as bytes; any Unicode path).
+
+        An unreadable file (permissions, a folder, vanished) is rejected with reason
+        ``unreadable_file``; see :meth:`scan` for everything else.
+        """
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+            modified: datetime | None = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        except OSError as error:
+            when = captured_at or self.clock()
+            return self._reject(
+                source=str(path), data=b"", location_code=location_code, captured_at=when,
+                error=InvalidImageError(f"cannot read {path}: {error.strerror or error}", reason="unreadable_file"),
+                timings={},
+            )
+        return self.scan(data, source=str(path), location_code=location_code, captured_at=captured_at,
+                         fallback_time=modified)
+
+    def scan(
+        self,
+        data: bytes,
+        *,
+        source: str,
+        location_code: str | None = None,
+        captured_at: datetime | None = None,
+        fallback_time: datetime | None = None,
+    ) -> ScanResult:
+        """Scan one picture.
+
+        Args:
+            data: the picture file's bytes.
+            source: where it came from (recorded with the scan; at most 255 characters kept).
+            location_code: the location; None: read it from a location label in the picture.
+            captured_at: aware capture time; None: EXIF, else ``fallback_time``, else now.
+            fallback_time: capture time when neither the caller nor EXIF gives one.
+
+        Returns:
+            The result; rejections are results too (``status == "rejected"``).
+
+        Raises:
+            UnknownLocationError: ``location_code`` is not a location (a caller's mistake: no
+                picture of an unknown place is recorded).
+            NaiveDatetimeError: ``captured_at`` has no UTC offset.
+            ShelfTallyError: a model or the database fails (not the picture's fault).
+        """
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        sha256 = hashlib.sha256(data).hexdigest()
+        when = captured_at.astimezone(UTC) if captured_at is not None else None
+        if captured_at is not None and captured_at.utcoffset() is None:
+            raise NaiveDatetimeError(f"captured_at {captured_at.isoformat()} has no UTC offset")
+        try:
+            decoded = decode_image(data, max_pixels=self.config.max_pixels)
+        except InvalidImageError as error:
+            timings["decode"] = _ms(started)
+            return self._reject(source=source, data=data, location_code=location_code,
+                                captured_at=when or fallback_time or self.clock(), error=error, timings=timings)
+        timings["decode"] = _ms(started)
+        when = when or self._exif_time(decoded) or fallback_time or self.clock()
+
+        label_boxes: list[tuple[float, float, float, float]] = []
+        if location_code is None:
+            step = time.perf_counter()
+            try:
+                location_code, label_boxes = self._read_location(decoded)
+            except LocationError as error:
+                timings["locate"] = _ms(step)
+                return self._reject(source=source, data=data, location_code=None, captured_at=when,
+                                    error=error, timings=timings)
+            timings["locate"] = _ms(step)
+
+        earlier = self._existing_scan(sha256, location_code, when)
+        if earlier is not None:
+            logger.info("scan_id=%s: %s at %s captured %s was scanned before", earlier, source, location_code, when)
+            return ScanResult(source=source, status="duplicate", scan_id=earlier, location_code=location_code,
+                              captured_at=when, image_sha256=sha256, timings_ms=timings)
+
+        step = time.perf_counter()
+        detections = _without_labels(self.detector.predict([decoded.pixels])[0], label_boxes)
+        timings["detect"] = _ms(step)
+        step = time.perf_counter()
+        crops, kept = crop_boxes(decoded.pixels, detections, min_box_px=self.config.min_box_px)
+        timings["crop"] = _ms(step)
+        step = time.perf_counter()
+        named = self.recognizer.classify(crops)
+        timings["classify"] = _ms(step)
+
+        step = time.perf_counter()
+        try:
+            persisted = run_in_transaction(
+                self.factory,
+                lambda session: self._persist(session, decoded, len(data), source, location_code, when,
+                                              detections[kept], named),
+            )
+        except InvalidInputError as error:  # e.g. captured_in_future: the picture's metadata is refused
+            timings["persist"] = _ms(step)
+            return self._reject(source=source, data=data, location_code=location_code, captured_at=when,
+                                error=error, timings=timings)
+        timings["persist"] = _ms(step)
+        scan_id, created, counts, unknown, lines, outcome, items = persisted
+        if not created:  # a concurrent delivery of the same picture recorded it first
+            return ScanResult(source=source, status="duplicate", scan_id=scan_id, location_code=location_code,
+                              captured_at=when, image_sha256=sha256, timings_ms=timings)
+        evidence = None
+        if self.config.evidence_dir is not None:
+            step = time.perf_counter()
+            evidence = self._write_evidence(self.config.evidence_dir, decoded, scan_id, location_code, when, items,
+                                            lines)
+            timings["evidence"] = _ms(step)
+        logger.info("scan_id=%s: %s at %s: %s facings of %s SKUs, %s unknown, %s discrepancies",
+                    scan_id, source, location_code, sum(counts.values()), len(counts), unknown,
+                    sum(1 for line in lines if line.discrepancy))
+        return ScanResult(
+            source=source, status="processed", scan_id=scan_id, location_code=location_code, captured_at=when,
+            image_sha256=sha256, counts=counts, unknown_facings=unknown, lines=lines, outcome=outcome,
+            evidence=evidence, timings_ms=timings,
+        )
+
+    # ------------------------------------------------------------------ stages
+
+    def _exif_time(self, decoded: DecodedImage) -> datetime | None:
+        taken = decoded.exif_datetime_original
+        if taken is None:
+            return None
+        if taken.tzinfo is None:
+            zone = self.config.camera_timezone or datetime.now().astimezone().tzinfo
+            taken = taken.replace(tzinfo=zone)
+        return taken.astimezone(UTC)
+
+    def _read_location(self, decoded: DecodedImage) -> tuple[str, list[tuple[float, float, float, float]]]:
+        with self.factory() as session:
+            known = set(session.scalars(sa.select(Location.location_code)))
+        labels = read_labels(decoded.pixels)
+        code = location_code_from_labels(labels, known_codes=known, prefix=self.config.location_prefix)
+        return code, [label.xyxy for label in labels]
+
+    def _existing_scan(self, sha256: str, location_code: str, captured_at: datetime) -> int | None:
+        with self.factory() as session:
+            return session.scalars(
+                sa.select(Scan.id)
+                .join(Location, Location.id == Scan.location_id)
+                .where(Scan.image_sha256 == sha256, Location.location_code == location_code,
+                       Scan.captured_at == captured_at)
+            ).first()
+
+    def _persist(
+        self,
+        session: Session,
+        decoded: DecodedImage,
+        size: int,
+        source: str,
+        location_code: str,
+        captured_at: datetime,
+        detections: Detections,
+        named: Classifications,
+    ) -> tuple[int, bool, dict[str, int], int, list[SkuLine], ReconcileOutcome | None, list[EvidenceItem]]:
+        codes = {code for code in named.sku_code if code is not None}
+        master = set(session.scalars(sa.select(Sku.sku_code).where(Sku.sku_code.in_(codes)))) if codes else set()
+        strangers = sorted(codes - master)
+        if strangers:
+            logger.warning("%s: the classifier named SKU code(s) not in the SKU master, counted as unknown: %s",
+                           source, ", ".join(strangers))
+        sku_of = [code if code in master else None for code in named.sku_code]
+        counts = Counter(code for code in sku_of if code is not None)
+        unknown = sum(1 for code in sku_of if code is None)
+        confidence: dict[str, list[float]] = {}
+        for code, value in zip(sku_of, named.confidence.tolist(), strict=True):
+            if code is not None:
+                confidence.setdefault(code, []).append(value)
+        record = ScanRecord(
+            location_code=location_code, captured_at=captured_at, image_sha256=decoded.sha256,
+            image_size_bytes=size, source=source[:255],
+            observations=[
+                ObservedCount(code, n, float(np.mean(confidence[code]))) for code, n in sorted(counts.items())
+            ],
+            unknown_facings=unknown, width_px=decoded.resolution_wh[0], height_px=decoded.resolution_wh[1],
+            detector_version=self.detector.version, classifier_version=self.recognizer.backend.version,
+            detections=[
+                DetectedItem(
+                    (float(x1), float(y1), float(x2), float(y2)), float(conf), int(cls), code,
+                    float(sku_conf) if code is not None else None,
+                )
+                for (x1, y1, x2, y2), conf, cls, code, sku_conf in zip(
+                    detections.xyxy.tolist(), detections.confidence.tolist(), detections.class_id.tolist(),
+                    sku_of, named.confidence.tolist(), strict=True,
+                )
+            ],
+        )
+        (scan_id, created), = record_scans(session, scans=[record], now=self.clock())
+        if not created:
+            return scan_id, False, dict(counts), unknown, [], None, []
+        outcome, = reconcile_scans(session, scan_ids=[scan_id], policy=self.policy, channels=self.config.channels)
+        lines = self._lines(session, location_code, counts, unknown)
+        kind_of = {line.sku_code: line.discrepancy for line in lines}
+        items = [
+            EvidenceItem(
+                xyxy=(float(x1), float(y1), float(x2), float(y2)), sku_code=code,
+                confidence=float(sku_conf), discrepancy=kind_of.get(code),
+            )
+            for (x1, y1, x2, y2), code, sku_conf in zip(
+                detections.xyxy.tolist(), sku_of, named.confidence.tolist(), strict=True
+            )
+        ]
+        return scan_id, True, dict(counts), unknown, lines, outcome, items
+
+    def _lines(self, session: Session, location_code: str, counts: Counter[str], unknown: int) -> list[SkuLine]:
+        book = {
+            row.sku_code: row.book_quantity
+            for row in queries.counts(session, location_prefix=location_code)
+            if row.location_code == location_code
+        }
+        active = {
+            row["sku_code"]: row
+            for row in queries.discrepancies(session, location_prefix=location_code,
+                                             confirm_after_scans=self.policy.confirm_after_scans)
+            if row["location_code"] == location_code
+        }
+        codes = sorted(set(counts) | {c for c in book if c is not None} | {c for c in active if c is not None})
+        lines = [
+            SkuLine(
+                code, counts.get(code, 0), book.get(code),
+                active[code]["kind"] if code in active else None,
+                int(active[code]["consecutive_scans"]) if code in active else 0,
+            )
+            for code in codes
+        ]
+        if unknown or None in active:
+            lines.append(SkuLine(
+                None, unknown, None, active[None]["kind"] if None in active else None,
+                int(active[None]["consecutive_scans"]) if None in active else 0,
+            ))
+        return lines
+
+    def _write_evidence(
+        self,
+        folder: Path,
+        decoded: DecodedImage,
+        scan_id: int,
+        location_code: str,
+        captured_at: datetime,
+        items: Sequence[EvidenceItem],
+        lines: Sequence[SkuLine],
+    ) -> Path | None:
+        summary = [
+            f"{line.sku_code or 'unknown'}: {line.counted} counted"
+            + (f", book {line.book}" if line.book is not None else "")
+            + (f" -> {line.discrepancy} ({line.consecutive_scans} scan(s))" if line.discrepancy else "")
+            for line in lines
+        ]
+        title = f"scan {scan_id} | {location_code} | {captured_at:%Y-%m-%d %H:%M:%S} UTC"
+        try:
+            image = draw_evidence(decoded.pixels, items, title=title, summary_lines=summary)
+            return write_evidence(evidence_path(folder, location_code, scan_id), image)
+        except OSError as error:  # the counts are committed; a full disk must not lose them
+            logger.error("scan_id=%s: evidence image not written: %s", scan_id, error)
+            return None
+
+    def _reject(
+        self,
+        *,
+        source: str,
+        data: bytes,
+        location_code: str | None,
+        captured_at: datetime,
+        error: ShelfTallyError,
+        timings: dict[str, float],
+    ) -> ScanResult:
+        sha256 = hashlib.sha256(data).hexdigest()
+        when = captured_at.astimezone(UTC)
+        logger.warning("%s rejected (%s): %s", source, error.reason, error)
+        scan_id, _ = run_in_transaction(
+            self.factory,
+            lambda session: record_rejected_scan(
+                session, location_code=location_code, captured_at=when, image_sha256=sha256,
+                image_size_bytes=len(data), source=source[:255], reason=error.reason,
+            ),
+        )
+        return ScanResult(source=source, status="rejected", scan_id=scan_id, location_code=location_code,
+                          captured_at=when, image_sha256=sha256, reason=error.reason, message=str(error),
+                          timings_ms=timings)
+
+
+def _without_labels(detections: Detections, label_boxes: Sequence[tuple[float, float, float, float]]) -> Detections:
+    """Drop detections lying mostly (over half their area) on a barcode / QR code read in the picture.
+
+    A location label is not a product, but a class-agnostic detector may box it.
+    """
+    if not label_boxes or not len(detections):
+        return detections
+    boxes = detections.xyxy
+    area = np.maximum(detections.area, 1e-6)
+    keep = np.ones(len(detections), bool)
+    for x1, y1, x2, y2 in label_boxes:
+        width = np.clip(np.minimum(boxes[:, 2], x2) - np.maximum(boxes[:, 0], x1), 0, None)
+        height = np.clip(np.minimum(boxes[:, 3], y2) - np.maximum(boxes[:, 1], y1), 0, None)
+        keep &= width * height / area <= 0.5
+    return detections[keep]
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000.0, 2)
