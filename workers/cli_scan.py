@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from sqlalchemy.orm import Session, sessionmaker
@@ -185,8 +186,10 @@ def run_scan(
     return ScanRun(results)
 
 
-def print_run(run: ScanRun, factory: sessionmaker[Session], *, confirm_after_scans: int) -> None:
-    """The per-picture table, then the open discrepancies at the scanned locations."""
+def print_run(
+    run: ScanRun, factory: sessionmaker[Session], *, confirm_after_scans: int, out: Console = console
+) -> None:
+    """The per-picture table, then the open discrepancies at the scanned locations (on ``out``)."""
     table = Table(title="Scans")
     for column in ("picture", "status", "location", "scan", "counted (facings)", "unknown", "discrepancies",
                    "evidence / reason"):
@@ -202,7 +205,7 @@ def print_run(run: ScanRun, factory: sessionmaker[Session], *, confirm_after_sca
             Path(r.source).name, status, r.location_code or "-", "-" if r.scan_id is None else str(r.scan_id),
             counted, str(r.unknown_facings), kinds or "-", detail,
         )
-    console.print(table)
+    out.print(table)
     locations = sorted({r.location_code for r in run.results if r.location_code and r.status != "rejected"})
     if locations:
         with factory() as session:
@@ -211,10 +214,10 @@ def print_run(run: ScanRun, factory: sessionmaker[Session], *, confirm_after_sca
                 for row in queries.discrepancies(session, location_prefix=code, confirm_after_scans=confirm_after_scans)
                 if row["location_code"] == code
             ]
-        print_discrepancies(rows, console, "Open discrepancies at the scanned locations (book vs counted)")
+        print_discrepancies(rows, out, "Open discrepancies at the scanned locations (book vs counted)")
     processed = sum(r.status == "processed" for r in run.results)
     duplicates = sum(r.status == "duplicate" for r in run.results)
-    console.print(
+    out.print(
         f"{len(run.results)} picture(s): {processed} scanned, {duplicates} already scanned before, "
         f"{len(run.failed)} rejected",
         highlight=False,

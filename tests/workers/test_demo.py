@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
+from rich.console import Console
 from typer.testing import CliRunner
 
 from inventory.db import create_engine, session_factory
-from inventory.models import Alert, DeliveryStatus, Discrepancy, DiscrepancyStatus
+from inventory.models import Alert, DeliveryStatus, Discrepancy, DiscrepancyStatus, Scan
 from workers.cli import app
+from workers.demo_vision import SHELVES, DemoSize, run_vision_demo
+from workers.settings import Settings
 
 
 def test_demo_builds_warehouse_and_reports(tmp_path: Path) -> None:
     workdir = tmp_path / "démo dir"  # spaces and non-ASCII in the path
-    result = CliRunner().invoke(app, ["demo", "--workdir", str(workdir)])
+    result = CliRunner().invoke(app, ["demo", "--counts-only", "--workdir", str(workdir)])
     assert result.exit_code == 0, result.output
     for kind in ("shortage", "out_of_stock", "overage", "misplaced", "unknown_product"):
         assert kind in result.output
@@ -31,9 +36,32 @@ def test_demo_builds_warehouse_and_reports(tmp_path: Path) -> None:
         assert len(alerts) == 5 and all(a.delivery_status is DeliveryStatus.DELIVERED for a in alerts)
     engine.dispose()
     # running it again starts from scratch and gives the same report
-    again = CliRunner().invoke(app, ["demo", "--workdir", str(workdir)])
+    again = CliRunner().invoke(app, ["demo", "--counts-only", "--workdir", str(workdir)])
     assert again.exit_code == 0, again.output
     engine = create_engine(f"sqlite:///{database}")
     with engine.connect() as conn:
         assert conn.scalar(sa.select(sa.func.count()).select_from(Discrepancy)) == 6
     engine.dispose()
+
+
+@pytest.mark.slow
+def test_vision_demo_scans_its_photos_and_reuses_its_models(tmp_path: Path) -> None:
+    """The photo demo on a tiny training budget: the flow, not the accuracy (the README reports that)."""
+    size = DemoSize(training_pictures=12, detector_epochs=1, detector_imgsz=160, classifier_epochs=1,
+                    classifier_input=32)
+    out = io.StringIO()
+    console = Console(file=out, width=200)
+    workdir = tmp_path / "démo"
+    database, run = run_vision_demo(workdir, console=console, settings=Settings(), size=size)
+    assert [r.status for r in run.results] == ["processed"] * 6
+    assert [r.location_code for r in run.results] == [code for code, _ in SHELVES for _ in range(2)]  # from labels
+    assert all(r.evidence is not None and r.evidence.is_file() for r in run.results)
+    engine = create_engine(f"sqlite:///{database}")
+    with session_factory(engine)() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(Scan)) == 6
+    engine.dispose()
+    text = out.getvalue()
+    assert "trained the product detector" in text and "Open discrepancies" in text and "demo finished" in text
+    again = io.StringIO()
+    run_vision_demo(workdir, console=Console(file=again, width=200), settings=Settings(), size=size)
+    assert "reusing the demo models" in again.getvalue()
