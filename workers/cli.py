@@ -33,6 +33,7 @@ from shelftally.errors import ConfigurationError, ShelfTallyError
 from shelftally.redact import mask_url
 from workers.cli_classifier import classifier_app, sku_app
 from workers.cli_detector import detector_app
+from workers.cli_scan import evaluate_app
 from workers.console import console, err_console, print_error, print_json
 from workers.report import print_counts, print_discrepancies
 from workers.settings import Settings
@@ -53,6 +54,7 @@ app.add_typer(alerts_app, name="alerts")
 app.add_typer(detector_app, name="detector")
 app.add_typer(classifier_app, name="classifier")
 app.add_typer(sku_app, name="sku")
+app.add_typer(evaluate_app, name="evaluate")
 
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]

@@ -9,20 +9,22 @@ recorded as a rejected scan; the others are still scanned; the exit status is 1 
 from __future__ import annotations
 
 import glob
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from sqlalchemy.orm import Session, sessionmaker
 
 from inventory import queries
-from shelftally.errors import ConfigurationError
-from workers.console import console, err_console
+from shelftally.errors import ConfigurationError, ShelfTallyError
+from workers.console import console, err_console, print_error, print_json
 from workers.pipeline import PipelineConfig, ScanPipeline, ScanResult, load_models
 from workers.report import print_discrepancies
 from workers.settings import Settings
@@ -222,3 +224,53 @@ def print_run(
         f"{len(run.failed)} rejected",
         highlight=False,
     )
+
+
+evaluate_app = typer.Typer(no_args_is_help=True, help="Measure the whole pipeline on labelled real photos.")
+
+
+@evaluate_app.command("grocery")
+def evaluate_grocery_cmd(
+    data: Annotated[Path, typer.Option("--data", help="Grocery Store dataset folder.", exists=True, file_okay=False)],
+    detector: Annotated[Path, typer.Option("--detector", help="Detector model directory.", exists=True,
+                                           file_okay=False)],
+    classifier: Annotated[Path, typer.Option("--classifier", help="Classifier model directory.", exists=True,
+                                             file_okay=False)],
+    backend: Annotated[str, typer.Option("--backend", help="onnx, openvino or torch.")] = "onnx",
+    confidence: Annotated[float, typer.Option("--confidence", help="Detector confidence of counted boxes.")] = 0.25,
+    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N val pictures.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Also write the report (with every picture) here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Grocery Store val pictures through detection and classification: main-box accuracy and shelf counts."""
+    from workers.grocery import evaluate_grocery
+
+    try:
+        detector_backend, recognizer = load_models(detector, classifier, backend=backend, conf=confidence)
+        columns = (TextColumn("[bold]evaluate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn())
+        with Progress(*columns, console=err_console, disable=as_json) as bar:
+            task = bar.add_task("evaluate", total=None)
+            report = evaluate_grocery(data, detector_backend, recognizer, main_confidence=confidence, limit=limit,
+                                      progress=lambda done, total: bar.update(task, completed=done, total=total))
+    except ShelfTallyError as error:
+        print_error(error, as_json=as_json)
+        raise typer.Exit(1) from error
+    if out is not None:
+        out.write_text(json.dumps(report.to_dict(pictures=True), indent=2) + "\n", encoding="utf-8")
+    if as_json:
+        print_json(report.to_dict())
+        return
+    console.print(
+        f"{report.pictures} pictures: main box named right {report.main_box_accuracy:.3f} "
+        f"(the classifier on the whole picture: {report.whole_picture_accuracy:.3f}); no confident box "
+        f"{report.no_main_box:.3f}; main box off the held product (proxy) {report.main_box_off_product:.3f}; "
+        f"{report.mean_boxes:.1f} boxes per picture",
+        highlight=False,
+    )
+    table = Table(title="Background shelf counts (facings per SKU, main boxes excluded)")
+    table.add_column("SKU")
+    table.add_column("facings", justify="right")
+    for code, count in list(report.background_counts.items())[:25]:
+        table.add_row(code, str(count))
+    console.print(table)
