@@ -103,3 +103,15 @@ def test_dotenv_shared_with_other_programs(tmp_path: object) -> None:
 def test_overrides_win(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SHELFTALLY_DATABASE_URL", "sqlite:///env.db")
     assert Settings.from_environment(database_url="sqlite:///cli.db").database_url == "sqlite:///cli.db"
+
+
+def test_scan_and_model_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHELFTALLY_SCAN__CAMERA_TIMEZONE", "Europe/Stockholm")
+    monkeypatch.setenv("SHELFTALLY_SCAN__MAX_PIXELS", "1000000")
+    monkeypatch.setenv("SHELFTALLY_MODELS__BACKEND", "openvino")
+    settings = Settings.from_environment(env_file=None)
+    assert settings.scan.max_pixels == 1_000_000 and settings.models.backend == "openvino"
+    assert str(settings.scan.zone()) == "Europe/Stockholm"
+    monkeypatch.setenv("SHELFTALLY_SCAN__CAMERA_TIMEZONE", "Mars/Olympus")
+    with pytest.raises(ConfigurationError, match="scan.camera_timezone"):
+        Settings.from_environment(env_file=None)
