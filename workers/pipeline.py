@@ -67,7 +67,7 @@ from inventory.reconcile import (
 )
 from shelftally.errors import InvalidImageError, ShelfTallyError
 from workers.evidence import EvidenceItem, draw_evidence, evidence_path, write_evidence
-from workers.ingest import DEFAULT_MAX_PIXELS, DecodedImage, decode_image
+from workers.ingest import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DecodedImage, decode_image
 from workers.locate import LocationError, location_code_from_labels, read_labels
 
 __all__ = [
@@ -91,6 +91,8 @@ class PipelineConfig:
 
     Attributes:
         max_pixels: largest picture decoded, width x height (default 150 MP).
+        max_bytes: largest picture file read, bytes (default 200 MB); larger ones are rejected
+            (``file_too_large``) without being read.
         min_box_px: boxes narrower or lower than this, in pixels, are dropped as degenerate.
         evidence_dir: where evidence images go (``<dir>/<location>/scan-<id>.jpg``); None: none.
         location_prefix: payload prefix of ShelfTally location labels (:mod:`workers.locate`).
@@ -100,6 +102,7 @@ class PipelineConfig:
     """
 
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
     min_box_px: float = 2.0
     evidence_dir: Path | None = None
     location_prefix: str = "LOC:"
@@ -279,12 +282,21 @@ class ScanPipeline:
         """Scan a picture file (read as bytes; any Unicode path).
 
         An unreadable file (permissions, a folder, vanished) is rejected with reason
-        ``unreadable_file``; see :meth:`scan` for everything else.
+        ``unreadable_file``, a file over ``max_bytes`` with ``file_too_large`` (not read); see
+        :meth:`scan` for everything else.
         """
         path = Path(path)
         try:
+            info = path.stat()
+            if info.st_size > self.config.max_bytes:
+                return self._reject(
+                    source=str(path), data=b"", location_code=location_code, captured_at=captured_at or self.clock(),
+                    error=InvalidImageError(f"{path} has {info.st_size} bytes, more than the limit of "
+                                            f"{self.config.max_bytes}", reason="file_too_large"),
+                    timings={},
+                )
             data = path.read_bytes()
-            modified: datetime | None = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+            modified: datetime | None = datetime.fromtimestamp(info.st_mtime, UTC)
         except OSError as error:
             when = captured_at or self.clock()
             return self._reject(

@@ -252,3 +252,15 @@ def test_location_is_read_from_a_label_in_the_picture(pipeline: ScanPipeline) ->
         "rejected", "location_not_found", None)
     corrupt = pipeline.scan(b"\xff\xd8\xff\xe0 broken", source="broken.jpg", captured_at=at(2))
     assert (corrupt.status, corrupt.reason, corrupt.location_code) == ("rejected", "corrupt_image", None)
+
+
+@pytest.mark.slow
+def test_a_file_over_the_byte_limit_is_rejected_unread(pipeline: ScanPipeline, tmp_path: Path) -> None:
+    small = ScanPipeline(
+        factory=pipeline.factory, detector=pipeline.detector, recognizer=pipeline.recognizer,
+        policy=pipeline.policy, config=PipelineConfig(max_bytes=1000), clock=pipeline.clock,
+    )
+    path = tmp_path / "huge.png"
+    path.write_bytes(encode(toy_scene(1)[0]) + b"\0" * 2000)
+    result = small.scan_path(path, location_code=SHELF, captured_at=at(0))
+    assert (result.status, result.reason) == ("rejected", "file_too_large")

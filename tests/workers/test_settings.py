@@ -113,5 +113,5 @@ def test_scan_and_model_settings_from_the_environment(monkeypatch: pytest.Monkey
     assert settings.scan.max_pixels == 1_000_000 and settings.models.backend == "openvino"
     assert str(settings.scan.zone()) == "Europe/Stockholm"
     monkeypatch.setenv("SHELFTALLY_SCAN__CAMERA_TIMEZONE", "Mars/Olympus")
-    with pytest.raises(ConfigurationError, match="scan.camera_timezone"):
+    with pytest.raises(ConfigurationError, match=r"scan\.camera_timezone"):
         Settings.from_environment(env_file=None)
