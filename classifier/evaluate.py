@@ -61,6 +61,11 @@ class EnrollmentReport:
         known_accuracy_without_gallery: the same without it (what enrolling costs them).
         overall_accuracy: all validation pictures, trained and enrolled SKUs together.
         per_sku_accuracy: enrolled SKU code -> its accuracy.
+        threshold: the model's open-set threshold (None: the model has none).
+        closed_set_held_out_accuracy: held-out pictures named right when nothing is rejected as
+            unknown (the threshold off): what the gallery alone achieves.
+        closed_set_known_accuracy: trained-SKU pictures named right with the gallery, threshold off.
+        closed_set_overall_accuracy: all val pictures, threshold off.
         auroc: known vs held-out AUROC from the model's ``metrics.json`` (before enrollment).
     """
 
@@ -76,6 +81,10 @@ class EnrollmentReport:
     known_accuracy_without_gallery: float
     overall_accuracy: float
     per_sku_accuracy: dict[str, float]
+    threshold: float | None
+    closed_set_held_out_accuracy: float
+    closed_set_known_accuracy: float
+    closed_set_overall_accuracy: float
     auroc: float | None
 
     def to_dict(self) -> dict[str, Any]:
@@ -198,6 +207,9 @@ def evaluate_enrollment(
         without_gallery = Recognizer(
             network, prototypes, threshold=threshold, embedding_mean=mean, logit_scale=scale
         ).classify(pictures).sku_code
+        closed = Recognizer(
+            network, prototypes, threshold=None, embedding_mean=mean, gallery=gallery, logit_scale=scale
+        ).classify(pictures).sku_code
 
     held = set(held_out)
     trained = set(directory.labels)
@@ -226,5 +238,9 @@ def evaluate_enrollment(
         ),
         overall_accuracy=recognition_accuracy(with_gallery, truth),
         per_sku_accuracy=per_sku,
+        threshold=threshold,
+        closed_set_held_out_accuracy=recognition_accuracy([closed[i] for i in h_index], [truth[i] for i in h_index]),
+        closed_set_known_accuracy=recognition_accuracy([closed[i] for i in k_index], [truth[i] for i in k_index]),
+        closed_set_overall_accuracy=recognition_accuracy(closed, truth),
         auroc=float(auroc) if auroc is not None else None,
     )

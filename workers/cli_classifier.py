@@ -209,6 +209,8 @@ def evaluate_enrollment_cmd(
         f"unknown {report.held_out_unknown_rate:.3f}, named as a trained SKU {report.held_out_as_trained_rate:.3f}\n"
         f"  trained-SKU val pictures ({report.known_items}): {report.known_accuracy:.3f} with the gallery, "
         f"{report.known_accuracy_without_gallery:.3f} without\n"
-        f"  all val pictures: {report.overall_accuracy:.3f}",
+        f"  all val pictures: {report.overall_accuracy:.3f}\n"
+        f"  with the open-set threshold off (nothing unknown): held-out {report.closed_set_held_out_accuracy:.3f}, "
+        f"trained {report.closed_set_known_accuracy:.3f}, all {report.closed_set_overall_accuracy:.3f}",
         highlight=False,
     )

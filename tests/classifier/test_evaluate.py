@@ -60,6 +60,10 @@ def test_enrolled_held_out_skus_are_recognised(trained_shapes: Path, shape_groce
         report.held_out_accuracy * report.held_out_items + report.known_accuracy * report.known_items
     ) / (report.held_out_items + report.known_items)
     assert report.overall_accuracy == pytest.approx(expected_overall)
+    # The threshold only turns answers into "unknown": without it nothing named right is lost.
+    assert report.closed_set_held_out_accuracy >= report.held_out_accuracy
+    assert report.closed_set_known_accuracy >= report.known_accuracy
+    assert report.threshold is not None
     assert report.auroc == read_model_dir(trained_shapes).metrics["openset"]["auroc"]
     assert list_versions(trained_shapes) == []  # the model directory is not changed
 
