@@ -194,9 +194,12 @@ def _train_models(
 def _relit(image: npt.NDArray[np.uint8], seed: int) -> npt.NDArray[np.uint8]:
     """The same shelf a little brighter or darker, a few pixels to the side (another picture, the same stock)."""
     rng = np.random.default_rng(seed)
-    gain = np.full(3, rng.uniform(0.9, 1.1))
+    gain = float(rng.uniform(0.9, 1.1))
     shifted = np.roll(image, int(rng.integers(-4, 5)), axis=1)
-    return np.clip(shifted.astype(np.float32) * gain + rng.normal(0, 2.0, image.shape), 0, 255).astype(np.uint8)
+    relit: npt.NDArray[np.uint8] = np.clip(
+        shifted.astype(np.float32) * gain + rng.normal(0, 2.0, image.shape), 0, 255
+    ).astype(np.uint8)
+    return relit
 
 
 def _with_label(image: npt.NDArray[np.uint8], code: str) -> npt.NDArray[np.uint8]:
