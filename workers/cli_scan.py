@@ -114,7 +114,9 @@ def result_dict(result: ScanResult) -> dict[str, Any]:
              "consecutive_scans": line.consecutive_scans}
             for line in result.lines
         ],
+        "stale": result.stale,
         "evidence": str(result.evidence) if result.evidence is not None else None,
+        "evidence_error": result.evidence_error,
         "timings_ms": result.timings_ms,
     }
 
@@ -192,17 +194,20 @@ def print_run(
     run: ScanRun, factory: sessionmaker[Session], *, confirm_after_scans: int, out: Console = console
 ) -> None:
     """The per-picture table, then the open discrepancies at the scanned locations (on ``out``)."""
-    table = Table(title="Scans")
+    table = Table(title="Scans")  # evidence paths are never cut: they are what a person opens next
     for column in ("picture", "status", "location", "scan", "counted (facings)", "unknown", "discrepancies",
                    "evidence / reason"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for r in run.results:
         counted = ", ".join(f"{code} x{n}" for code, n in sorted(r.counts.items())) or "-"
         kinds = ", ".join(f"{line.sku_code or 'unknown'}: {line.discrepancy}" for line in r.lines if line.discrepancy)
         status = {"processed": "[green]processed[/]", "duplicate": "[yellow]already scanned[/]",
                   "rejected": "[red]rejected[/]"}[r.status]
+        if r.stale:
+            status = "[yellow]processed, older than the newest scan here: not reconciled[/]"
+            kinds = ""
         detail = (f"{r.reason}: {r.message}" if r.status == "rejected"
-                  else str(r.evidence) if r.evidence is not None else "-")
+                  else str(r.evidence) if r.evidence is not None else r.evidence_error or "-")
         table.add_row(
             Path(r.source).name, status, r.location_code or "-", "-" if r.scan_id is None else str(r.scan_id),
             counted, str(r.unknown_facings), kinds or "-", detail,

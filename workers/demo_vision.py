@@ -39,6 +39,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import numpy.typing as npt
+from PIL import Image
 from rich.console import Console
 from sqlalchemy.orm import Session
 
@@ -48,8 +49,8 @@ from inventory import queries
 from inventory.db import create_engine, run_in_transaction, session_factory
 from inventory.models import FacingRule, Location, LocationLevel, Sku, StockLevel
 from inventory.reconcile import ReconcilePolicy
+from inventory.sinks import LogSink, deliver_pending
 from workers.cli_scan import ScanRun, print_run, run_scan
-from workers.evidence import write_evidence
 from workers.ingest import read_image
 from workers.locate import location_label_image
 from workers.pipeline import PipelineConfig, ScanPipeline, load_models
@@ -228,9 +229,21 @@ def _photos_and_truth(
         for round_ in range(2):
             image = scene.image if round_ == 0 else _relit(scene.image, number)
             path = photos / f"{shelf}-{round_ + 1}.jpg"
-            write_evidence(path, _with_label(image, shelf), quality=92)
-            taken.append((path, start + timedelta(minutes=10 * round_ + number)))
+            when = start + timedelta(minutes=10 * round_ + number)
+            _write_photo(path, _with_label(image, shelf), when)
+            taken.append((path, when))
     return taken, truth
+
+
+def _write_photo(path: Path, image: npt.NDArray[np.uint8], taken: datetime) -> None:
+    """A JPEG as a camera writes it: with EXIF DateTimeOriginal and its UTC offset, so that scanning
+    the file again later (``shelftally scan``) finds the same capture time and sees a duplicate."""
+    exif = Image.Exif()
+    sub = exif.get_ifd(0x8769)  # Exif IFD
+    sub[0x9003] = taken.astimezone(UTC).strftime("%Y:%m:%d %H:%M:%S")  # DateTimeOriginal
+    sub[0x9011] = "+00:00"  # OffsetTimeOriginal
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path, "JPEG", quality=92, exif=exif)
 
 
 def _book(truth: dict[str, dict[str, int]]) -> dict[str, dict[str, int | None]]:
@@ -321,7 +334,8 @@ def run_vision_demo(
     for path, when in photos:  # no --location: every photo carries its shelf's label
         results.extend(run_scan(pipeline, [path], location_code=None, captured_at=when, show_progress=False).results)
     run = ScanRun(results)
-    say(f"scanned {len(run.results)} photos ({len(run.failed)} rejected)")
+    delivered = deliver_pending(factory, [LogSink()])
+    say(f"scanned {len(run.results)} photos ({len(run.failed)} rejected); {delivered.delivered} alerts delivered (log)")
     print_run(run, factory, confirm_after_scans=policy.confirm_after_scans, out=console)
     with factory() as session:
         print_counts(queries.counts(session, location_prefix="DEMO-"), console)

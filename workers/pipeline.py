@@ -8,7 +8,10 @@ Per picture (:meth:`ScanPipeline.scan`)::
     -> evidence image
 
 - **Idempotent.** A picture is identified by (sha256, location, capture time). Scanning it
-  again returns the earlier scan (``status == "duplicate"``) without running the models.
+  again returns the earlier scan (``status == "duplicate"``) without running the models. When
+  neither the caller nor the camera (EXIF) gives the capture time, a byte-identical picture
+  already scanned at the location is a duplicate whatever the file's time: copying a file
+  changes its modification time, not the shelf it shows.
 - **Rejections lose nothing and count nothing.** A picture that cannot be decoded, whose
   location cannot be read, or whose capture time is refused is recorded as a ``rejected`` scan
   with its machine-readable reason (:func:`inventory.reconcile.record_rejected_scan`) and never
@@ -148,6 +151,7 @@ class ScanResult:
         lines: per SKU: counted, book and discrepancy after reconciliation (processed only).
         outcome: what reconciliation changed (processed only).
         evidence: path of the evidence image, when one was written.
+        evidence_error: why the evidence image could not be written (the counts are recorded).
         timings_ms: milliseconds per stage (:data:`STAGES`) that ran.
     """
 
@@ -164,7 +168,14 @@ class ScanResult:
     lines: list[SkuLine] = field(default_factory=list)
     outcome: ReconcileOutcome | None = None
     evidence: Path | None = None
+    evidence_error: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def stale(self) -> bool:
+        """Captured before the newest scan already reconciled at its location: stored, but it
+        changed nothing (``lines`` then show the location's current state, not this picture's)."""
+        return self.outcome is not None and self.outcome.stale
 
 
 def crop_boxes(
@@ -273,6 +284,7 @@ class ScanPipeline:
         self.policy = policy
         self.config = config or PipelineConfig()
         self.clock = clock or (lambda: datetime.now(UTC))
+        _allow_pillow_pixels(self.config.max_pixels)
 
     # ------------------------------------------------------------------ entry points
 
@@ -347,7 +359,8 @@ class ScanPipeline:
             return self._reject(source=source, data=data, location_code=location_code,
                                 captured_at=when or fallback_time or self.clock(), error=error, timings=timings)
         timings["decode"] = _ms(started)
-        when = when or self._exif_time(decoded) or fallback_time or self.clock()
+        camera_time = when or self._exif_time(decoded)
+        when = camera_time or fallback_time or self.clock()
 
         label_boxes: list[tuple[float, float, float, float]] = []
         if location_code is None:
@@ -360,7 +373,9 @@ class ScanPipeline:
                                     error=error, timings=timings)
             timings["locate"] = _ms(step)
 
-        earlier = self._existing_scan(sha256, location_code, when)
+        # Without a capture time from the caller or the camera, the time is only the file's (or
+        # now): a byte-identical copy of a picture already scanned here is that picture again.
+        earlier = self._existing_scan(sha256, location_code, when if camera_time is not None else None)
         if earlier is not None:
             logger.info("scan_id=%s: %s at %s captured %s was scanned before", earlier, source, location_code, when)
             return ScanResult(source=source, status="duplicate", scan_id=earlier, location_code=location_code,
@@ -392,11 +407,12 @@ class ScanPipeline:
         if not created:  # a concurrent delivery of the same picture recorded it first
             return ScanResult(source=source, status="duplicate", scan_id=scan_id, location_code=location_code,
                               captured_at=when, image_sha256=sha256, timings_ms=timings)
-        evidence = None
+        evidence, evidence_error = None, None
         if self.config.evidence_dir is not None:
             step = time.perf_counter()
-            evidence = self._write_evidence(self.config.evidence_dir, decoded, scan_id, location_code, when, items,
-                                            lines)
+            evidence, evidence_error = self._write_evidence(
+                self.config.evidence_dir, decoded, scan_id, location_code, when, items, lines
+            )
             timings["evidence"] = _ms(step)
         logger.info("scan_id=%s: %s at %s: %s facings of %s SKUs, %s unknown, %s discrepancies",
                     scan_id, source, location_code, sum(counts.values()), len(counts), unknown,
@@ -404,7 +420,7 @@ class ScanPipeline:
         return ScanResult(
             source=source, status="processed", scan_id=scan_id, location_code=location_code, captured_at=when,
             image_sha256=sha256, counts=counts, unknown_facings=unknown, lines=lines, outcome=outcome,
-            evidence=evidence, timings_ms=timings,
+            evidence=evidence, evidence_error=evidence_error, timings_ms=timings,
         )
 
     # ------------------------------------------------------------------ stages
@@ -425,14 +441,19 @@ class ScanPipeline:
         code = location_code_from_labels(labels, known_codes=known, prefix=self.config.location_prefix)
         return code, [label.xyxy for label in labels]
 
-    def _existing_scan(self, sha256: str, location_code: str, captured_at: datetime) -> int | None:
+    def _existing_scan(self, sha256: str, location_code: str, captured_at: datetime | None) -> int | None:
+        """The earliest scan of these bytes at this location (at this capture time, when one is given)."""
+        stmt = (
+            sa.select(Scan.id)
+            .join(Location, Location.id == Scan.location_id)
+            .where(Scan.image_sha256 == sha256, Location.location_code == location_code)
+            .order_by(Scan.id)
+            .limit(1)
+        )
+        if captured_at is not None:
+            stmt = stmt.where(Scan.captured_at == captured_at)
         with self.factory() as session:
-            return session.scalars(
-                sa.select(Scan.id)
-                .join(Location, Location.id == Scan.location_id)
-                .where(Scan.image_sha256 == sha256, Location.location_code == location_code,
-                       Scan.captured_at == captured_at)
-            ).first()
+            return session.scalars(stmt).first()
 
     def _persist(
         self,
@@ -531,7 +552,7 @@ class ScanPipeline:
         captured_at: datetime,
         items: Sequence[EvidenceItem],
         lines: Sequence[SkuLine],
-    ) -> Path | None:
+    ) -> tuple[Path | None, str | None]:
         summary = [
             f"{line.sku_code or 'unknown'}: {line.counted} counted"
             + (f", book {line.book}" if line.book is not None else "")
@@ -541,10 +562,10 @@ class ScanPipeline:
         title = f"scan {scan_id} | {location_code} | {captured_at:%Y-%m-%d %H:%M:%S} UTC"
         try:
             image = draw_evidence(decoded.pixels, items, title=title, summary_lines=summary)
-            return write_evidence(evidence_path(folder, location_code, scan_id), image)
+            return write_evidence(evidence_path(folder, location_code, scan_id), image), None
         except OSError as error:  # the counts are committed; a full disk must not lose them
             logger.error("scan_id=%s: evidence image not written: %s", scan_id, error)
-            return None
+            return None, f"evidence image not written: {error}"
 
     def _reject(
         self,
@@ -586,6 +607,20 @@ def _without_labels(detections: Detections, label_boxes: Sequence[tuple[float, f
         height = np.clip(np.minimum(boxes[:, 3], y2) - np.maximum(boxes[:, 1], y1), 0, None)
         keep &= width * height / area <= 0.5
     return detections[keep]
+
+
+def _allow_pillow_pixels(max_pixels: int) -> None:
+    """Let ``max_pixels`` decide which pictures are too large, not Pillow's own guard.
+
+    Pillow refuses, while opening, any picture over twice ``PIL.Image.MAX_IMAGE_PIXELS``
+    (179 MP by default) as a decompression bomb, before the decoder can check the header against
+    ``max_pixels``. Raised (never lowered) once per process, at pipeline start-up.
+    """
+    from PIL import Image
+
+    current = Image.MAX_IMAGE_PIXELS
+    if current is not None and current < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
 
 
 def _ms(started: float) -> float:

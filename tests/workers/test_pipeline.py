@@ -264,3 +264,62 @@ def test_a_file_over_the_byte_limit_is_rejected_unread(pipeline: ScanPipeline, t
     path.write_bytes(encode(toy_scene(1)[0]) + b"\0" * 2000)
     result = small.scan_path(path, location_code=SHELF, captured_at=at(0))
     assert (result.status, result.reason) == ("rejected", "file_too_large")
+
+
+@pytest.mark.slow
+def test_a_copied_file_without_a_camera_time_is_the_same_picture(
+    pipeline: ScanPipeline, factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    import os
+
+    data = encode(toy_scene(GOOD_SEEDS[0])[0])  # PNG: no EXIF time
+    first, copy = tmp_path / "a.png", tmp_path / "copy of a.png"
+    first.write_bytes(data)
+    copy.write_bytes(data)
+    os.utime(first, (at(0).timestamp(), at(0).timestamp()))
+    os.utime(copy, (at(30).timestamp(), at(30).timestamp()))  # copying changed the file time
+    one = pipeline.scan_path(first, location_code=SHELF)
+    two = pipeline.scan_path(copy, location_code=SHELF)
+    assert one.status == "processed" and one.captured_at == at(0)
+    assert two.status == "duplicate" and two.scan_id == one.scan_id
+    # With an explicit capture time the same bytes are a new scan (a fixed camera, an unchanged shelf).
+    three = pipeline.scan(data, source="camera-7", location_code=SHELF, captured_at=at(45))
+    assert three.status == "processed" and three.scan_id != one.scan_id
+    with factory() as session:
+        assert count_rows(session, Scan) == 2
+
+
+@pytest.mark.slow
+def test_a_scan_older_than_the_newest_one_is_flagged_stale(pipeline: ScanPipeline) -> None:
+    newer = pipeline.scan(encode(toy_scene(GOOD_SEEDS[0])[0]), source="new", location_code=SHELF,
+                          captured_at=at(30))
+    older = pipeline.scan(encode(toy_scene(GOOD_SEEDS[1])[0]), source="old", location_code=SHELF,
+                          captured_at=at(10))
+    assert not newer.stale
+    assert older.status == "processed" and older.stale
+
+
+@pytest.mark.slow
+def test_an_evidence_image_that_cannot_be_written_is_reported(pipeline: ScanPipeline, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    broken = ScanPipeline(
+        factory=pipeline.factory, detector=pipeline.detector, recognizer=pipeline.recognizer,
+        policy=pipeline.policy, config=PipelineConfig(evidence_dir=blocker / "evidence"), clock=pipeline.clock,
+    )
+    result = broken.scan(encode(toy_scene(1)[0]), source="x.png", location_code=SHELF, captured_at=at(0))
+    assert result.status == "processed" and result.evidence is None
+    assert result.evidence_error is not None and "evidence image not written" in result.evidence_error
+
+
+@pytest.mark.slow
+def test_the_pixel_limit_is_the_pipelines_not_pillows(pipeline: ScanPipeline) -> None:
+    big = io.BytesIO()
+    Image.new("1", (15000, 15000)).save(big, "PNG")  # 225 MP, over Pillow's default guard of 179 MP
+    limited = ScanPipeline(
+        factory=pipeline.factory, detector=pipeline.detector, recognizer=pipeline.recognizer,
+        policy=pipeline.policy, config=PipelineConfig(max_pixels=200_000_000), clock=pipeline.clock,
+    )
+    result = limited.scan(big.getvalue(), source="big.png", location_code=SHELF, captured_at=at(0))
+    assert (result.status, result.reason) == ("rejected", "image_too_large")
+    assert result.message is not None and "limit of 200000000" in result.message
