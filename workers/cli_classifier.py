@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from shelftally.errors import ShelfTallyError
 from workers.console import console, err_console, print_error, print_json
 
-classifier_app = typer.Typer(no_args_is_help=True, help="Train the SKU classifier.")
+classifier_app = typer.Typer(no_args_is_help=True, help="Train the SKU classifier and measure open-set enrollment.")
 sku_app = typer.Typer(no_args_is_help=True, help="Enroll SKUs in a classifier's gallery without retraining.")
 
 _FORMATS = ("grocery", "folder", "list")
