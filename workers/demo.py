@@ -1,7 +1,8 @@
-"""``shelftally demo``: a small warehouse, two rounds of counts, and the discrepancy report.
+"""``shelftally demo --counts-only``: the inventory half of the demo, without models or photos.
 
 Runs on the embedded default (a SQLite file, everything in-process) with nothing outside the
-repository. Until the vision pipeline lands, the counts come from the shipped cycle count file
+repository, in under a second (the photo demo is :mod:`workers.demo_vision`). The counts come
+from the shipped cycle count file
 ``workers/sample_data/counts.csv`` (two rounds, an hour apart, with deliberate errors in the
 book: a shortage, an empty slot, an overage, a misplaced SKU, unrecognised products, and a
 one-off miscount that the second round corrects, so it never alerts).
@@ -59,7 +60,7 @@ def run_demo(workdir: Path, *, console: Console, settings: Settings) -> Path:
     migrations.upgrade(url)
     engine = create_engine(url)
     factory = session_factory(engine)
-    console.rule("[bold]ShelfTally demo[/]: the inventory half (vision arrives with the scan pipeline)")
+    console.rule("[bold]ShelfTally demo[/]: the inventory half (cycle counts instead of photos)")
     console.print(f"database: {database}  (schema {migrations.current(url)})", highlight=False)
 
     for name, importer in zip(SAMPLE_FILES, (import_skus, import_locations, import_stock), strict=True):
