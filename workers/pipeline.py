@@ -68,7 +68,7 @@ from inventory.reconcile import (
     record_rejected_scan,
     record_scans,
 )
-from shelftally.errors import InvalidImageError, ShelfTallyError
+from shelftally.errors import ConfigurationError, InvalidImageError, ShelfTallyError
 from workers.evidence import EvidenceItem, draw_evidence, evidence_path, write_evidence
 from workers.ingest import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DecodedImage, decode_image
 from workers.locate import LocationError, location_code_from_labels, read_labels
@@ -242,10 +242,19 @@ def load_models(
         ``(detector, recognizer)``.
 
     Raises:
-        ModelLoadError, MissingDependencyError, ConfigurationError: from the backends.
+        ConfigurationError: ``detector_dir`` is a classifier model directory (reason
+            ``not_a_detector``), or a backend setting is invalid.
+        ModelLoadError, MissingDependencyError: from the backends.
     """
     from detector.backends import load as load_detector
 
+    for name in ("architecture.json", "prototypes.npy"):  # written only into classifier model directories
+        if (Path(detector_dir) / name).is_file():
+            raise ConfigurationError(
+                f"{detector_dir} is a classifier model directory, not a detector (it has {name}); "
+                "are the detector and classifier directories swapped?",
+                reason="not_a_detector",
+            )
     key = (os.getpid(), str(Path(detector_dir).resolve()), str(Path(classifier_dir).resolve()), backend, threads)
     if key not in _MODELS:
         detector = load_detector(detector_dir, backend=backend, threads=threads, conf=conf)

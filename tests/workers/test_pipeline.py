@@ -323,3 +323,12 @@ def test_the_pixel_limit_is_the_pipelines_not_pillows(pipeline: ScanPipeline) ->
     result = limited.scan(big.getvalue(), source="big.png", location_code=SHELF, captured_at=at(0))
     assert (result.status, result.reason) == ("rejected", "image_too_large")
     assert result.message is not None and "limit of 200000000" in result.message
+
+
+@pytest.mark.slow
+def test_swapped_model_directories_are_named_as_such(tiny_detector: Path, toy_classifier: Path) -> None:
+    from shelftally.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError) as caught:
+        load_models(toy_classifier, tiny_detector)
+    assert caught.value.reason == "not_a_detector" and "swapped" in str(caught.value)
