@@ -50,7 +50,7 @@ from inventory.db import create_engine, run_in_transaction, session_factory
 from inventory.models import FacingRule, Location, LocationLevel, Sku, StockLevel
 from inventory.reconcile import ReconcilePolicy
 from inventory.sinks import LogSink, deliver_pending
-from workers.cli_scan import ScanRun, print_run, run_scan
+from workers.cli_scan import ScanRun, print_run
 from workers.ingest import read_image
 from workers.locate import location_label_image
 from workers.pipeline import PipelineConfig, ScanPipeline, load_models
@@ -330,10 +330,8 @@ def run_vision_demo(
         factory=factory, detector=detector, recognizer=recognizer, policy=policy,
         config=PipelineConfig(evidence_dir=workdir / "evidence", channels=("log",)),
     )
-    results = []
-    for path, when in photos:  # no --location: every photo carries its shelf's label
-        results.extend(run_scan(pipeline, [path], location_code=None, captured_at=when, show_progress=False).results)
-    run = ScanRun(results)
+    # No location given: every photo carries its shelf's label.
+    run = ScanRun([pipeline.scan_path(path, captured_at=when) for path, when in photos])
     delivered = deliver_pending(factory, [LogSink()])
     say(f"scanned {len(run.results)} photos ({len(run.failed)} rejected); {delivered.delivered} alerts delivered (log)")
     print_run(run, factory, confirm_after_scans=policy.confirm_after_scans, out=console)

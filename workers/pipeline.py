@@ -84,6 +84,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+_NOTHING_READ = hashlib.sha256(b"").hexdigest()
+"""Digest recorded for a rejected file whose bytes were never read (unreadable, or over ``max_bytes``)."""
+
 STAGES = ("decode", "locate", "detect", "crop", "classify", "persist", "evidence")
 """Stage names of :attr:`ScanResult.timings_ms`, in pipeline order."""
 
@@ -311,7 +314,8 @@ class ScanPipeline:
             info = path.stat()
             if info.st_size > self.config.max_bytes:
                 return self._reject(
-                    source=str(path), data=b"", location_code=location_code, captured_at=captured_at or self.clock(),
+                    source=str(path), sha256=_NOTHING_READ, size_bytes=info.st_size, location_code=location_code,
+                    captured_at=captured_at or self.clock(),
                     error=InvalidImageError(f"{path} has {info.st_size} bytes, more than the limit of "
                                             f"{self.config.max_bytes}", reason="file_too_large"),
                     timings={},
@@ -321,7 +325,7 @@ class ScanPipeline:
         except OSError as error:
             when = captured_at or self.clock()
             return self._reject(
-                source=str(path), data=b"", location_code=location_code, captured_at=when,
+                source=str(path), sha256=_NOTHING_READ, size_bytes=0, location_code=location_code, captured_at=when,
                 error=InvalidImageError(f"cannot read {path}: {error.strerror or error}", reason="unreadable_file"),
                 timings={},
             )
@@ -355,17 +359,17 @@ class ScanPipeline:
             NaiveDatetimeError: ``captured_at`` has no UTC offset.
             ShelfTallyError: a model or the database fails (not the picture's fault).
         """
+        if captured_at is not None and captured_at.utcoffset() is None:
+            raise NaiveDatetimeError(f"captured_at {captured_at.isoformat()} has no UTC offset")
         timings: dict[str, float] = {}
         started = time.perf_counter()
         sha256 = hashlib.sha256(data).hexdigest()
         when = captured_at.astimezone(UTC) if captured_at is not None else None
-        if captured_at is not None and captured_at.utcoffset() is None:
-            raise NaiveDatetimeError(f"captured_at {captured_at.isoformat()} has no UTC offset")
         try:
             decoded = decode_image(data, max_pixels=self.config.max_pixels)
         except InvalidImageError as error:
             timings["decode"] = _ms(started)
-            return self._reject(source=source, data=data, location_code=location_code,
+            return self._reject(source=source, sha256=sha256, size_bytes=len(data), location_code=location_code,
                                 captured_at=when or fallback_time or self.clock(), error=error, timings=timings)
         timings["decode"] = _ms(started)
         camera_time = when or self._exif_time(decoded)
@@ -378,8 +382,8 @@ class ScanPipeline:
                 location_code, label_boxes = self._read_location(decoded)
             except LocationError as error:
                 timings["locate"] = _ms(step)
-                return self._reject(source=source, data=data, location_code=None, captured_at=when,
-                                    error=error, timings=timings)
+                return self._reject(source=source, sha256=sha256, size_bytes=len(data), location_code=None,
+                                    captured_at=when, error=error, timings=timings)
             timings["locate"] = _ms(step)
 
         # Without a capture time from the caller or the camera, the time is only the file's (or
@@ -409,8 +413,8 @@ class ScanPipeline:
             )
         except InvalidInputError as error:  # e.g. captured_in_future: the picture's metadata is refused
             timings["persist"] = _ms(step)
-            return self._reject(source=source, data=data, location_code=location_code, captured_at=when,
-                                error=error, timings=timings)
+            return self._reject(source=source, sha256=sha256, size_bytes=len(data), location_code=location_code,
+                                captured_at=when, error=error, timings=timings)
         timings["persist"] = _ms(step)
         scan_id, created, counts, unknown, lines, outcome, items = persisted
         if not created:  # a concurrent delivery of the same picture recorded it first
@@ -444,10 +448,14 @@ class ScanPipeline:
         return taken.astimezone(UTC)
 
     def _read_location(self, decoded: DecodedImage) -> tuple[str, list[tuple[float, float, float, float]]]:
-        with self.factory() as session:
-            known = set(session.scalars(sa.select(Location.location_code)))
         labels = read_labels(decoded.pixels)
-        code = location_code_from_labels(labels, known_codes=known, prefix=self.config.location_prefix)
+        prefix = self.config.location_prefix
+        candidates = {label.text for label in labels} | {label.text.removeprefix(prefix) for label in labels}
+        with self.factory() as session:  # only the codes the labels could name, not the whole location table
+            known = set(session.scalars(
+                sa.select(Location.location_code).where(Location.location_code.in_(candidates))
+            ))
+        code = location_code_from_labels(labels, known_codes=known, prefix=prefix)
         return code, [label.xyxy for label in labels]
 
     def _existing_scan(self, sha256: str, location_code: str, captured_at: datetime | None) -> int | None:
@@ -580,20 +588,20 @@ class ScanPipeline:
         self,
         *,
         source: str,
-        data: bytes,
+        sha256: str,
+        size_bytes: int,
         location_code: str | None,
         captured_at: datetime,
         error: ShelfTallyError,
         timings: dict[str, float],
     ) -> ScanResult:
-        sha256 = hashlib.sha256(data).hexdigest()
         when = captured_at.astimezone(UTC)
         logger.warning("%s rejected (%s): %s", source, error.reason, error)
         scan_id, _ = run_in_transaction(
             self.factory,
             lambda session: record_rejected_scan(
                 session, location_code=location_code, captured_at=when, image_sha256=sha256,
-                image_size_bytes=len(data), source=source[:255], reason=error.reason,
+                image_size_bytes=size_bytes, source=source[:255], reason=error.reason,
             ),
         )
         return ScanResult(source=source, status="rejected", scan_id=scan_id, location_code=location_code,

@@ -264,6 +264,9 @@ def test_a_file_over_the_byte_limit_is_rejected_unread(pipeline: ScanPipeline, t
     path.write_bytes(encode(toy_scene(1)[0]) + b"\0" * 2000)
     result = small.scan_path(path, location_code=SHELF, captured_at=at(0))
     assert (result.status, result.reason) == ("rejected", "file_too_large")
+    with small.factory() as session:
+        scan = session.get(Scan, result.scan_id)
+        assert scan is not None and scan.image_size_bytes == path.stat().st_size  # its size, though never read
 
 
 @pytest.mark.slow
