@@ -385,3 +385,70 @@ class StockAdjustment(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (sa.Index("ix_stock_adjustment_location_id_sku_id", "location_id", "sku_id"),)
+
+
+class CameraKind(enum.StrEnum):
+    """How a camera delivers pictures."""
+
+    RTSP = "rtsp"
+    """An RTSP (or other FFmpeg-readable) video stream; the newest frame is taken."""
+    HTTP = "http"
+    """A snapshot URL answering one picture per GET."""
+    FOLDER = "folder"
+    """A watched folder; each file is taken once it is completely written."""
+
+
+class CameraState(enum.StrEnum):
+    """Health of a camera feed, from its polls.
+
+    A STALE or OFFLINE feed is never scanned, and scans it delivered are withheld
+    ``out_of_stock`` and ``shortage`` verdicts (an empty-looking shelf from a broken feed is not
+    an empty shelf).
+    """
+
+    ONLINE = "online"
+    """The last poll got a picture."""
+    OFFLINE = "offline"
+    """The last poll(s) failed: unreachable, timed out, a bad payload, a blank frame."""
+    STALE = "stale"
+    """Pictures arrive, but byte-identical for longer than the camera's ``stale_after_s``: a frozen feed."""
+
+
+class Camera(Base):
+    """A camera (or watched folder) in the registry, its schedule and its last known state.
+
+    The URL never carries a password: ``secret_ref`` names where the worker reads it
+    (``env:NAME`` for an environment variable, ``file:/path`` for a file such as a Docker or
+    Kubernetes secret), so the database, logs and CLI output never hold it.
+    """
+
+    __tablename__ = "camera"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    camera_code: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    kind: Mapped[CameraKind] = mapped_column(_enum(CameraKind, "camera_kind"))
+    url: Mapped[str] = mapped_column(sa.String(1024))
+    secret_ref: Mapped[str | None] = mapped_column(sa.String(255))
+    location_id: Mapped[int | None] = mapped_column(sa.ForeignKey("location.id", ondelete="RESTRICT"), index=True)
+    interval_s: Mapped[float] = mapped_column(default=60.0)
+    timeout_s: Mapped[float] = mapped_column(default=10.0)
+    stale_after_s: Mapped[float] = mapped_column(default=300.0)
+    enabled: Mapped[bool] = mapped_column(default=True)
+    state: Mapped[CameraState] = mapped_column(_enum(CameraState, "camera_state"), default=CameraState.OFFLINE)
+    state_since: Mapped[datetime] = mapped_column(default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(sa.String(255))
+    consecutive_failures: Mapped[int] = mapped_column(default=0)
+    last_polled_at: Mapped[datetime | None] = mapped_column()
+    last_frame_sha256: Mapped[str | None] = mapped_column(sa.String(64))
+    frame_changed_at: Mapped[datetime | None] = mapped_column()
+    last_scanned_sha256: Mapped[str | None] = mapped_column(sa.String(64))
+    last_scanned_thumbnail: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
+    cursor: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    location: Mapped[Location | None] = relationship()
+
+    __table_args__ = (
+        sa.CheckConstraint("interval_s > 0", name="interval_positive"),
+        sa.CheckConstraint("timeout_s > 0", name="timeout_positive"),
+    )

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -490,6 +490,7 @@ def reconcile_scans(
     scan_ids: Sequence[int],
     policy: ReconcilePolicy,
     channels: Sequence[str] = (),
+    withhold: Collection[DiscrepancyKind] = (),
 ) -> list[ReconcileOutcome]:
     """Reconcile processed scans against the book of their locations (does not commit).
 
@@ -504,6 +505,9 @@ def reconcile_scans(
         scan_ids: scans with status ``processed`` (duplicates are reconciled once).
         policy: tolerances and hysteresis.
         channels: alert channels to write state-change alerts for.
+        withhold: discrepancy kinds these scans are not trusted to show (a frozen or failing
+            camera feed is withheld ``out_of_stock`` and ``shortage``): a verdict of such a kind
+            neither opens, advances nor resolves anything; every other verdict applies.
 
     Returns:
         One outcome per distinct scan id, in input order.
@@ -604,6 +608,10 @@ def reconcile_scans(
         )
         verdicts.append((None, unknown_kind, 0, scan.unknown_facings))
         for verdict_sku, kind, expected, counted in verdicts:
+            if kind is not None and kind in withhold:
+                logger.info("scan_id=%s: %s at %s withheld (sku_id=%s)", scan.id, kind.value,
+                            location.location_code, verdict_sku)
+                continue
             _advance(session, active, work, kind, expected, counted,
                      location=location, scan=scan, sku_id=verdict_sku, policy=policy)
 

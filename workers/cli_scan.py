@@ -128,14 +128,27 @@ def build_pipeline(
     detector: Path | None = None,
     classifier: Path | None = None,
     evidence_dir: Path | None = None,
+    with_models: bool = True,
 ) -> ScanPipeline:
     """The pipeline the settings (and command-line overrides) describe, its models loaded.
+
+    ``with_models=False`` builds one that only admits and records pictures (a Celery worker of
+    the ``ingest`` and ``db`` queues) and needs no model directories.
 
     Raises:
         ConfigurationError: no detector or classifier model directory configured (reason
             ``models_not_configured``).
         ModelLoadError, MissingDependencyError: a model or its runtime cannot be loaded.
     """
+    scan = settings.scan
+    config = PipelineConfig(
+        max_pixels=scan.max_pixels, min_box_px=scan.min_box_px,
+        evidence_dir=evidence_dir if evidence_dir is not None else scan.evidence_dir,
+        camera_timezone=scan.zone(), channels=tuple(settings.alerts.channels),
+    )
+    if not with_models:
+        return ScanPipeline(factory=factory, detector=None, recognizer=None, policy=settings.reconcile.policy(),
+                            config=config)
     detector_dir = detector or settings.models.detector_dir
     classifier_dir = classifier or settings.models.classifier_dir
     if detector_dir is None or classifier_dir is None:
@@ -147,12 +160,6 @@ def build_pipeline(
     models = settings.models
     detector_backend, recognizer = load_models(
         detector_dir, classifier_dir, backend=models.backend, threads=models.threads, conf=models.detector_confidence
-    )
-    scan = settings.scan
-    config = PipelineConfig(
-        max_pixels=scan.max_pixels, min_box_px=scan.min_box_px,
-        evidence_dir=evidence_dir if evidence_dir is not None else scan.evidence_dir,
-        camera_timezone=scan.zone(), channels=tuple(settings.alerts.channels),
     )
     return ScanPipeline(factory=factory, detector=detector_backend, recognizer=recognizer,
                         policy=settings.reconcile.policy(), config=config)

@@ -39,11 +39,11 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -51,13 +51,12 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from classifier.recognize import Recognizer
-from classifier.types import Classifications
 from detector.backends.base import DetectorBackend
 from detector.types import Detections
 from inventory import queries
 from inventory.db import run_in_transaction
 from inventory.errors import InvalidInputError, NaiveDatetimeError
-from inventory.models import Location, Scan, Sku
+from inventory.models import DiscrepancyKind, Location, Scan, Sku
 from inventory.reconcile import (
     DetectedItem,
     ObservedCount,
@@ -74,6 +73,9 @@ from workers.ingest import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DecodedImage, 
 from workers.locate import LocationError, location_code_from_labels, read_labels
 
 __all__ = [
+    "AdmittedPicture",
+    "ObservedBox",
+    "ObservedPicture",
     "PipelineConfig",
     "ScanPipeline",
     "ScanResult",
@@ -181,6 +183,112 @@ class ScanResult:
         return self.outcome is not None and self.outcome.stale
 
 
+@dataclass(frozen=True)
+class AdmittedPicture:
+    """A picture past the first stage (:meth:`ScanPipeline.admit`): decodable, placed and timed, not
+    scanned before. Plain values only, so that it travels in a task message (:meth:`to_dict`).
+
+    Attributes:
+        source: where the picture came from.
+        image_sha256: hex digest of the picture's bytes (its key in an image store).
+        size_bytes: the picture file's size, bytes.
+        location_code: the location.
+        captured_at: aware UTC capture time.
+        label_boxes: xyxy pixel boxes of the location labels read in the picture.
+        timings_ms: milliseconds per stage so far.
+    """
+
+    source: str
+    image_sha256: str
+    size_bytes: int
+    location_code: str
+    captured_at: datetime
+    label_boxes: tuple[tuple[float, float, float, float], ...] = ()
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (the capture time as ISO 8601 with offset)."""
+        return {
+            "source": self.source, "image_sha256": self.image_sha256, "size_bytes": self.size_bytes,
+            "location_code": self.location_code, "captured_at": self.captured_at.isoformat(),
+            "label_boxes": [list(box) for box in self.label_boxes], "timings_ms": dict(self.timings_ms),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AdmittedPicture:
+        """Inverse of :meth:`to_dict`. Raises KeyError / ValueError on a malformed message."""
+        captured_at = datetime.fromisoformat(data["captured_at"])
+        if captured_at.utcoffset() is None:
+            raise ValueError(f"captured_at {data['captured_at']!r} has no UTC offset")
+        boxes = tuple((float(a), float(b), float(c), float(d)) for a, b, c, d in data.get("label_boxes", ()))
+        return cls(
+            source=str(data["source"]), image_sha256=str(data["image_sha256"]), size_bytes=int(data["size_bytes"]),
+            location_code=str(data["location_code"]), captured_at=captured_at.astimezone(UTC), label_boxes=boxes,
+            timings_ms={str(k): float(v) for k, v in dict(data.get("timings_ms", {})).items()},
+        )
+
+
+@dataclass(frozen=True)
+class ObservedBox:
+    """One kept detection and what the classifier named it.
+
+    Attributes:
+        xyxy: box in pixels of the picture (x1, y1, x2, y2).
+        confidence: detector confidence in [0, 1].
+        class_id: the detector's class index.
+        sku_code: the SKU code the classifier named, None for unknown (open-set rejection).
+        sku_confidence: the classifier's confidence in [0, 1].
+    """
+
+    xyxy: tuple[float, float, float, float]
+    confidence: float
+    class_id: int
+    sku_code: str | None
+    sku_confidence: float
+
+
+@dataclass(frozen=True)
+class ObservedPicture:
+    """A picture past the second stage (:meth:`ScanPipeline.observe`): what the models saw.
+
+    Attributes:
+        picture: the admitted picture (its ``timings_ms`` include the model stages).
+        width_px, height_px: decoded size, pixels.
+        detector_version, classifier_version: versions of the models that looked.
+        boxes: the kept detections, in detection order.
+    """
+
+    picture: AdmittedPicture
+    width_px: int
+    height_px: int
+    detector_version: str
+    classifier_version: str
+    boxes: tuple[ObservedBox, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form; each box is ``[x1, y1, x2, y2, confidence, class_id, sku_code, sku_confidence]``."""
+        return {
+            "picture": self.picture.to_dict(), "width_px": self.width_px, "height_px": self.height_px,
+            "detector_version": self.detector_version, "classifier_version": self.classifier_version,
+            "boxes": [[*box.xyxy, box.confidence, box.class_id, box.sku_code, box.sku_confidence]
+                      for box in self.boxes],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ObservedPicture:
+        """Inverse of :meth:`to_dict`. Raises KeyError / ValueError on a malformed message."""
+        boxes = tuple(
+            ObservedBox((float(x1), float(y1), float(x2), float(y2)), float(conf), int(cls_id),
+                        None if code is None else str(code), float(sku_conf))
+            for x1, y1, x2, y2, conf, cls_id, code, sku_conf in data["boxes"]
+        )
+        return cls(
+            picture=AdmittedPicture.from_dict(data["picture"]), width_px=int(data["width_px"]),
+            height_px=int(data["height_px"]), detector_version=str(data["detector_version"]),
+            classifier_version=str(data["classifier_version"]), boxes=boxes,
+        )
+
+
 def crop_boxes(
     pixels: npt.NDArray[np.uint8], detections: Detections, *, min_box_px: float = 2.0
 ) -> tuple[list[npt.NDArray[np.uint8]], npt.NDArray[np.int64]]:
@@ -273,8 +381,9 @@ class ScanPipeline:
 
     Args:
         factory: session factory of the inventory database.
-        detector: a loaded detector backend.
-        recognizer: a loaded classifier with open-set rejection and gallery.
+        detector: a loaded detector backend (None: a pipeline that only admits and records
+            pictures, as on a Celery worker of the ``db`` queue).
+        recognizer: a loaded classifier with open-set rejection and gallery (None with ``detector``).
         policy: reconciliation tolerances and hysteresis.
         config: picture handling, evidence folder, alert channels.
         clock: returns the current aware time (tests pass a fixed one).
@@ -284,8 +393,8 @@ class ScanPipeline:
         self,
         *,
         factory: sessionmaker[Session],
-        detector: DetectorBackend,
-        recognizer: Recognizer,
+        detector: DetectorBackend | None,
+        recognizer: Recognizer | None,
         policy: ReconcilePolicy,
         config: PipelineConfig | None = None,
         clock: Callable[[], datetime] | None = None,
@@ -341,7 +450,7 @@ class ScanPipeline:
         captured_at: datetime | None = None,
         fallback_time: datetime | None = None,
     ) -> ScanResult:
-        """Scan one picture.
+        """Scan one picture: :meth:`admit`, then :meth:`observe`, then :meth:`record`.
 
         Args:
             data: the picture file's bytes.
@@ -359,6 +468,36 @@ class ScanPipeline:
             NaiveDatetimeError: ``captured_at`` has no UTC offset.
             ShelfTallyError: a model or the database fails (not the picture's fault).
         """
+        admitted = self.admit(data, source=source, location_code=location_code, captured_at=captured_at,
+                              fallback_time=fallback_time)
+        if isinstance(admitted, ScanResult):
+            return admitted
+        picture, decoded = admitted
+        return self.record(self.observe(picture, decoded), decoded=decoded)
+
+    # ------------------------------------------------------------------ the three stages
+
+    def admit(
+        self,
+        data: bytes,
+        *,
+        source: str,
+        location_code: str | None = None,
+        captured_at: datetime | None = None,
+        fallback_time: datetime | None = None,
+    ) -> tuple[AdmittedPicture, DecodedImage] | ScanResult:
+        """First stage (no models): decode, fix the capture time and location, skip pictures
+        scanned before, record rejections.
+
+        Args: as :meth:`scan`.
+
+        Returns:
+            ``(picture, decoded)`` for a picture to look at, or the final :class:`ScanResult` of
+            a rejected or duplicate one.
+
+        Raises:
+            UnknownLocationError, NaiveDatetimeError, ShelfTallyError: as :meth:`scan`.
+        """
         if captured_at is not None and captured_at.utcoffset() is None:
             raise NaiveDatetimeError(f"captured_at {captured_at.isoformat()} has no UTC offset")
         timings: dict[str, float] = {}
@@ -373,7 +512,7 @@ class ScanPipeline:
                                 captured_at=when or fallback_time or self.clock(), error=error, timings=timings)
         timings["decode"] = _ms(started)
         camera_time = when or self._exif_time(decoded)
-        when = camera_time or fallback_time or self.clock()
+        when = (camera_time or fallback_time or self.clock()).astimezone(UTC)
 
         label_boxes: list[tuple[float, float, float, float]] = []
         if location_code is None:
@@ -393,9 +532,32 @@ class ScanPipeline:
             logger.info("scan_id=%s: %s at %s captured %s was scanned before", earlier, source, location_code, when)
             return ScanResult(source=source, status="duplicate", scan_id=earlier, location_code=location_code,
                               captured_at=when, image_sha256=sha256, timings_ms=timings)
+        picture = AdmittedPicture(
+            source=source, image_sha256=sha256, size_bytes=len(data), location_code=location_code,
+            captured_at=when, label_boxes=tuple(label_boxes), timings_ms=timings,
+        )
+        return picture, decoded
 
+    def observe(self, picture: AdmittedPicture, decoded: DecodedImage) -> ObservedPicture:
+        """Second stage (models, no database): detect, crop and classify.
+
+        Args:
+            picture: what :meth:`admit` returned for these pixels.
+            decoded: the decoded picture.
+
+        Returns:
+            The kept boxes with their SKU codes, ready for :meth:`record`.
+
+        Raises:
+            ConfigurationError: the pipeline was built without models (reason ``no_models``).
+            ShelfTallyError: a model fails.
+        """
+        if self.detector is None or self.recognizer is None:
+            raise ConfigurationError("this pipeline has no models; it can only admit and record pictures",
+                                     reason="no_models")
+        timings = dict(picture.timings_ms)
         step = time.perf_counter()
-        detections = _without_labels(self.detector.predict([decoded.pixels])[0], label_boxes)
+        detections = _without_labels(self.detector.predict([decoded.pixels])[0], picture.label_boxes)
         timings["detect"] = _ms(step)
         step = time.perf_counter()
         crops, kept = crop_boxes(decoded.pixels, detections, min_box_px=self.config.min_box_px)
@@ -403,25 +565,68 @@ class ScanPipeline:
         step = time.perf_counter()
         named = self.recognizer.classify(crops)
         timings["classify"] = _ms(step)
+        detections = detections[kept]
+        boxes = [
+            ObservedBox((float(x1), float(y1), float(x2), float(y2)), float(conf), int(cls),
+                        code, float(sku_conf))
+            for (x1, y1, x2, y2), conf, cls, code, sku_conf in zip(
+                detections.xyxy.tolist(), detections.confidence.tolist(), detections.class_id.tolist(),
+                named.sku_code, named.confidence.tolist(), strict=True,
+            )
+        ]
+        return ObservedPicture(
+            picture=replace(picture, timings_ms=timings), width_px=decoded.resolution_wh[0],
+            height_px=decoded.resolution_wh[1], detector_version=self.detector.version,
+            classifier_version=self.recognizer.backend.version, boxes=tuple(boxes),
+        )
 
+    def record(
+        self,
+        observed: ObservedPicture,
+        *,
+        decoded: DecodedImage | None = None,
+        withhold: Collection[DiscrepancyKind] = (),
+    ) -> ScanResult:
+        """Third stage (database, no models): one transaction writes the scan, its detections and
+        observations and reconciles it; then the evidence image (when ``decoded`` is given and
+        an evidence folder is configured).
+
+        Recording the same picture twice (a redelivered task) records it once: the second call
+        returns ``status == "duplicate"`` with the first scan's id.
+
+        Args:
+            observed: what :meth:`observe` returned.
+            decoded: the picture's pixels, for the evidence image only.
+            withhold: discrepancy kinds this picture is not trusted to show (see
+                :func:`inventory.reconcile.reconcile_scans`).
+
+        Returns:
+            The result (``processed``, ``duplicate``, or ``rejected`` when the database refuses
+            the picture's metadata, e.g. ``captured_in_future``).
+
+        Raises:
+            ShelfTallyError: the database fails.
+        """
+        picture = observed.picture
+        timings = dict(picture.timings_ms)
         step = time.perf_counter()
         try:
             persisted = run_in_transaction(
-                self.factory,
-                lambda session: self._persist(session, decoded, len(data), source, location_code, when,
-                                              detections[kept], named),
+                self.factory, lambda session: self._persist(session, observed, withhold),
             )
         except InvalidInputError as error:  # e.g. captured_in_future: the picture's metadata is refused
             timings["persist"] = _ms(step)
-            return self._reject(source=source, sha256=sha256, size_bytes=len(data), location_code=location_code,
-                                captured_at=when, error=error, timings=timings)
+            return self._reject(source=picture.source, sha256=picture.image_sha256, size_bytes=picture.size_bytes,
+                                location_code=picture.location_code, captured_at=picture.captured_at, error=error,
+                                timings=timings)
         timings["persist"] = _ms(step)
         scan_id, created, counts, unknown, lines, outcome, items = persisted
+        location_code, when, source = picture.location_code, picture.captured_at, picture.source
         if not created:  # a concurrent delivery of the same picture recorded it first
             return ScanResult(source=source, status="duplicate", scan_id=scan_id, location_code=location_code,
-                              captured_at=when, image_sha256=sha256, timings_ms=timings)
+                              captured_at=when, image_sha256=picture.image_sha256, timings_ms=timings)
         evidence, evidence_error = None, None
-        if self.config.evidence_dir is not None:
+        if self.config.evidence_dir is not None and decoded is not None:
             step = time.perf_counter()
             evidence, evidence_error = self._write_evidence(
                 self.config.evidence_dir, decoded, scan_id, location_code, when, items, lines
@@ -432,7 +637,7 @@ class ScanPipeline:
                     sum(1 for line in lines if line.discrepancy))
         return ScanResult(
             source=source, status="processed", scan_id=scan_id, location_code=location_code, captured_at=when,
-            image_sha256=sha256, counts=counts, unknown_facings=unknown, lines=lines, outcome=outcome,
+            image_sha256=picture.image_sha256, counts=counts, unknown_facings=unknown, lines=lines, outcome=outcome,
             evidence=evidence, evidence_error=evidence_error, timings_ms=timings,
         )
 
@@ -473,62 +678,46 @@ class ScanPipeline:
             return session.scalars(stmt).first()
 
     def _persist(
-        self,
-        session: Session,
-        decoded: DecodedImage,
-        size: int,
-        source: str,
-        location_code: str,
-        captured_at: datetime,
-        detections: Detections,
-        named: Classifications,
+        self, session: Session, observed: ObservedPicture, withhold: Collection[DiscrepancyKind]
     ) -> tuple[int, bool, dict[str, int], int, list[SkuLine], ReconcileOutcome | None, list[EvidenceItem]]:
-        codes = {code for code in named.sku_code if code is not None}
+        picture = observed.picture
+        codes = {box.sku_code for box in observed.boxes if box.sku_code is not None}
         master = set(session.scalars(sa.select(Sku.sku_code).where(Sku.sku_code.in_(codes)))) if codes else set()
         strangers = sorted(codes - master)
         if strangers:
             logger.warning("%s: the classifier named SKU code(s) not in the SKU master, counted as unknown: %s",
-                           source, ", ".join(strangers))
-        sku_of = [code if code in master else None for code in named.sku_code]
+                           picture.source, ", ".join(strangers))
+        sku_of = [box.sku_code if box.sku_code in master else None for box in observed.boxes]
         counts = Counter(code for code in sku_of if code is not None)
         unknown = sum(1 for code in sku_of if code is None)
         confidence: dict[str, list[float]] = {}
-        for code, value in zip(sku_of, named.confidence.tolist(), strict=True):
+        for code, box in zip(sku_of, observed.boxes, strict=True):
             if code is not None:
-                confidence.setdefault(code, []).append(value)
+                confidence.setdefault(code, []).append(box.sku_confidence)
         record = ScanRecord(
-            location_code=location_code, captured_at=captured_at, image_sha256=decoded.sha256,
-            image_size_bytes=size, source=source[:255],
+            location_code=picture.location_code, captured_at=picture.captured_at, image_sha256=picture.image_sha256,
+            image_size_bytes=picture.size_bytes, source=picture.source[:255],
             observations=[
                 ObservedCount(code, n, float(np.mean(confidence[code]))) for code, n in sorted(counts.items())
             ],
-            unknown_facings=unknown, width_px=decoded.resolution_wh[0], height_px=decoded.resolution_wh[1],
-            detector_version=self.detector.version, classifier_version=self.recognizer.backend.version,
+            unknown_facings=unknown, width_px=observed.width_px, height_px=observed.height_px,
+            detector_version=observed.detector_version, classifier_version=observed.classifier_version,
             detections=[
-                DetectedItem(
-                    (float(x1), float(y1), float(x2), float(y2)), float(conf), int(cls), code,
-                    float(sku_conf) if code is not None else None,
-                )
-                for (x1, y1, x2, y2), conf, cls, code, sku_conf in zip(
-                    detections.xyxy.tolist(), detections.confidence.tolist(), detections.class_id.tolist(),
-                    sku_of, named.confidence.tolist(), strict=True,
-                )
+                DetectedItem(box.xyxy, box.confidence, box.class_id, code,
+                             box.sku_confidence if code is not None else None)
+                for box, code in zip(observed.boxes, sku_of, strict=True)
             ],
         )
         (scan_id, created), = record_scans(session, scans=[record], now=self.clock())
         if not created:
             return scan_id, False, dict(counts), unknown, [], None, []
-        outcome, = reconcile_scans(session, scan_ids=[scan_id], policy=self.policy, channels=self.config.channels)
-        lines = self._lines(session, location_code, counts, unknown)
+        outcome, = reconcile_scans(session, scan_ids=[scan_id], policy=self.policy, channels=self.config.channels,
+                                   withhold=withhold)
+        lines = self._lines(session, picture.location_code, counts, unknown)
         kind_of = {line.sku_code: line.discrepancy for line in lines}
         items = [
-            EvidenceItem(
-                xyxy=(float(x1), float(y1), float(x2), float(y2)), sku_code=code,
-                confidence=float(sku_conf), discrepancy=kind_of.get(code),
-            )
-            for (x1, y1, x2, y2), code, sku_conf in zip(
-                detections.xyxy.tolist(), sku_of, named.confidence.tolist(), strict=True
-            )
+            EvidenceItem(xyxy=box.xyxy, sku_code=code, confidence=box.sku_confidence, discrepancy=kind_of.get(code))
+            for box, code in zip(observed.boxes, sku_of, strict=True)
         ]
         return scan_id, True, dict(counts), unknown, lines, outcome, items
 

@@ -134,6 +134,56 @@ class ScanSettings(BaseModel):
         return ZoneInfo(self.camera_timezone) if self.camera_timezone else None
 
 
+class FleetSettings(BaseModel):
+    """Celery workers on a Redis broker (:mod:`workers.fleet`); used only when ``broker_url`` is set.
+
+    Redis has no broker-side acknowledgement deadline: a message taken and not acknowledged
+    within ``visibility_timeout_s`` is delivered again to another worker. Every task's hard time
+    limit must therefore stay below it, or a long task would run twice at once; the worker
+    refuses to start otherwise (:meth:`check`).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    image_store_dir: Path = Field(Path("images"), description="content-addressed picture store shared by workers")
+    key_prefix: str = Field(
+        "shelftally:", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="prefix of every Redis key (queues, dead letters, locks): fleets sharing a Redis stay apart",
+    )
+    visibility_timeout_s: float = Field(3600.0, gt=0, description="Redis redelivers unacknowledged messages after this")
+    task_time_limit_s: float = Field(600.0, gt=0, description="hard limit: the worker child running a task is killed")
+    task_soft_time_limit_s: float = Field(540.0, gt=0, description="soft limit: the task gets SoftTimeLimitExceeded")
+    max_deliveries: int = Field(3, ge=1, description="deliveries of one message before it goes to the dead-letter list")
+    max_retries: int = Field(5, ge=0, description="retries of a task failing with a transient error")
+    retry_backoff_max_s: float = Field(60.0, gt=0, description="cap of the exponential retry backoff")
+    restore_interval_s: float = Field(10.0, gt=0, description="how often workers look for messages to redeliver")
+    metrics_port: int | None = Field(None, ge=1, le=65535, description="Prometheus endpoint of the worker; None: off")
+    allow_redelivery_while_running: bool = Field(
+        False, description="accept a visibility timeout shorter than the task time limit (tests only)"
+    )
+
+    @model_validator(mode="after")
+    def _soft_below_hard(self) -> FleetSettings:
+        if self.task_soft_time_limit_s >= self.task_time_limit_s:
+            raise ValueError("fleet.task_soft_time_limit_s must be below fleet.task_time_limit_s")
+        return self
+
+    def check(self) -> None:
+        """Refuse a configuration under which Redis would redeliver a task that is still running.
+
+        Raises:
+            ConfigurationError: ``task_time_limit_s >= visibility_timeout_s`` (reason
+                ``time_limit_exceeds_visibility_timeout``), unless
+                ``allow_redelivery_while_running`` is set.
+        """
+        if self.task_time_limit_s >= self.visibility_timeout_s and not self.allow_redelivery_while_running:
+            raise ConfigurationError(
+                f"fleet.task_time_limit_s ({self.task_time_limit_s:g} s) must be below the broker's "
+                f"fleet.visibility_timeout_s ({self.visibility_timeout_s:g} s): Redis would deliver a task "
+                "that is still running to a second worker",
+                reason="time_limit_exceeds_visibility_timeout",
+            )
+
+
 class Settings(BaseSettings):
     """Everything a ShelfTally process is configured with.
 
@@ -146,6 +196,7 @@ class Settings(BaseSettings):
         scan: picture limits, evidence images, camera time zone.
         reconcile: tolerances and hysteresis.
         alerts: alert channels and delivery.
+        fleet: Celery workers, the picture store, dead letters and metrics (with ``broker_url``).
     """
 
     model_config = SettingsConfigDict(
@@ -163,6 +214,7 @@ class Settings(BaseSettings):
     scan: ScanSettings = Field(default_factory=ScanSettings)
     reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    fleet: FleetSettings = Field(default_factory=FleetSettings)
 
     @classmethod
     def from_environment(cls, env_file: Path | None = Path(".env"), **overrides: Any) -> Settings:

@@ -25,6 +25,8 @@ from inventory.models import (
     Alert,
     AlertStateChange,
     Base,
+    Camera,
+    CameraKind,
     Detection,
     Discrepancy,
     DiscrepancyKind,
@@ -42,6 +44,7 @@ from tests.conftest import at
 
 BOOK_TABLES = ("sku", "location", "stock_level")
 LATER_TABLES = ("scan", "detection", "observation", "discrepancy", "alert", "stock_adjustment")
+REGISTRY_TABLES = ("camera",)
 LATER_MODELS: tuple[type[Base], ...] = (Scan, Detection, Observation, Discrepancy, Alert, StockAdjustment)
 
 
@@ -174,12 +177,12 @@ def seed_scan_to_adjustment(session: Session, *, captured_at: datetime) -> None:
 
 def test_current_is_none_before_and_head_after_upgrade(db_url: str) -> None:
     assert migrations.current(db_url) is None
-    assert migrations.head() == "0003"
+    assert migrations.head() == "0004"
 
     migrations.upgrade(db_url)
 
     assert migrations.current(db_url) == migrations.head()
-    assert table_names(db_url) == {"alembic_version", *BOOK_TABLES, *LATER_TABLES}
+    assert table_names(db_url) == {"alembic_version", *BOOK_TABLES, *LATER_TABLES, *REGISTRY_TABLES}
     with connect(db_url) as connection:
         if connection.dialect.name == "postgresql":
             # search_path puts the version table (and every other table) in the test's own schema.
@@ -212,7 +215,7 @@ def test_downgrade_to_0001_keeps_the_book_and_upgrade_restores_the_rest(db_url: 
 
     migrations.upgrade(db_url)
 
-    assert migrations.current(db_url) == "0003"
+    assert migrations.current(db_url) == "0004"
     assert book_rows(db_url) == book
     assert later_table_counts(db_url) == dict.fromkeys(LATER_TABLES, 0)
     with session_on(db_url) as session:
@@ -235,7 +238,7 @@ def test_downgrade_to_base_drops_everything_and_upgrade_starts_over(db_url: str)
 
     migrations.upgrade(db_url)
 
-    assert migrations.current(db_url) == "0003"
+    assert migrations.current(db_url) == "0004"
     with session_on(db_url) as session:
         seed_book(session)
         seed_scan_to_adjustment(session, captured_at=at(5))
@@ -388,7 +391,7 @@ def test_migrated_schema_equals_the_models_created_directly(db_url: str) -> None
     assert ("uq_discrepancy_active_location_sku", ["location_id", "sku_id"], True) in [
         index[:3] for index in created["discrepancy"]["indexes"]
     ]
-    assert len(checks) == 13  # 9 enum columns, 3 quantity rules and the scan location rule, all named
+    assert len(checks) == 17  # 11 enum columns, 3 quantity rules, the scan location rule, 2 camera rules
     assert fresh == created
     assert round_trip == created
 
@@ -464,7 +467,7 @@ def test_downgrade_inside_the_callers_transaction(db_url: str) -> None:
             with pytest.raises(RuntimeError, match="foreign keys are on"), engine.begin() as connection:
                 config.attributes["connection"] = connection
                 command.downgrade(config, "0001")
-            expected_revision = "0003"
+            expected_revision = "0004"
         else:
             with engine.begin() as connection:
                 config.attributes["connection"] = connection
@@ -494,7 +497,7 @@ def test_offline_mode_writes_the_upgrade_sql_without_a_database(database_url: st
     # With alembic_version; SQLite alters scan.location_id (0003) by copying into _alembic_tmp_scan.
     copies = sql.count("CREATE TABLE _alembic_tmp_")
     assert copies == (1 if database_url.startswith("sqlite") else 0)
-    assert sql.count("CREATE TABLE") - copies == 1 + len(BOOK_TABLES) + len(LATER_TABLES)
+    assert sql.count("CREATE TABLE") - copies == 1 + len(BOOK_TABLES) + len(LATER_TABLES) + len(REGISTRY_TABLES)
     assert "ALTER TABLE location ADD COLUMN reconciled_through" in sql
     assert expected in sql
     assert "WHERE status != 'resolved'" in sql
@@ -522,4 +525,24 @@ def test_0003_allows_only_rejected_scans_without_a_location_and_downgrade_drops_
         assert connection.execute(sa.text("SELECT count(*) FROM scan WHERE location_id IS NULL")).scalar() == 0
     assert later_table_counts(db_url) == dict.fromkeys(LATER_TABLES, 1)
     migrations.upgrade(db_url)
-    assert migrations.current(db_url) == "0003"
+    assert migrations.current(db_url) == "0004"
+
+
+def test_0004_adds_the_camera_registry_and_downgrade_drops_only_it(db_url: str) -> None:
+    migrations.upgrade(db_url)
+    with session_on(db_url) as session:
+        seed_book(session)
+        shelf = session.scalars(sa.select(Location).where(Location.location_code == "WH1-A01-B01-S1")).one()
+        session.add(Camera(camera_code="CAM-1", kind=CameraKind.HTTP, url="http://127.0.0.1/snap.jpg",
+                           location_id=shelf.id))
+    with pytest.raises(sa.exc.IntegrityError), session_on(db_url) as session:
+        session.add(Camera(camera_code="CAM-2", kind=CameraKind.HTTP, url="http://x", interval_s=0))
+    book = book_rows(db_url)
+
+    migrations.downgrade(db_url, "0003")
+
+    assert "camera" not in table_names(db_url)
+    assert book_rows(db_url) == book
+    migrations.upgrade(db_url)
+    with session_on(db_url) as session:
+        assert session.scalars(sa.select(Camera)).all() == []
