@@ -12,9 +12,10 @@ HTTP_ERROR: Final = "http_error"
 BAD_PAYLOAD: Final = "bad_payload"
 NO_FRAME: Final = "no_frame"
 BLANK_FRAME: Final = "blank_frame"
+MISSING_SECRET: Final = "missing_secret"
 
 REASONS: Final[frozenset[str]] = frozenset(
-    {CAMERA_UNREACHABLE, CAMERA_TIMEOUT, HTTP_ERROR, BAD_PAYLOAD, NO_FRAME, BLANK_FRAME}
+    {CAMERA_UNREACHABLE, CAMERA_TIMEOUT, HTTP_ERROR, BAD_PAYLOAD, NO_FRAME, BLANK_FRAME, MISSING_SECRET}
 )
 
 
@@ -34,6 +35,7 @@ class CameraError(ShelfTallyError):
     * ``no_frame``: the stream opened but gave no frame (it ended, or the decoder failed).
     * ``blank_frame``: the picture is uniform (lens covered, black or grey frame): the grey
       thumbnail's standard deviation is below :data:`workers.cameras.change.BLANK_STD`.
+    * ``missing_secret``: the camera's credentials (``env:NAME`` / ``file:/path``) cannot be read.
 
     Args:
         message: Human-readable explanation (URLs masked with :func:`shelftally.redact.mask_url`).

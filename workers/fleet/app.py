@@ -106,6 +106,14 @@ def configure(settings: Settings, *, serves_vision: bool = True) -> Celery:
         )
     fleet = settings.fleet
     fleet.check()
+    if _SETTINGS is not None and (_SETTINGS.broker_url, _SETTINGS.fleet) != (settings.broker_url, fleet):
+        # Another broker or key prefix in this process (tests, benchmarks): connections made for the
+        # old one must not be reused, so Kombu's connection and producer pools start over.
+        from kombu import pools
+
+        pools.reset()  # type: ignore[no-untyped-call]
+        app._pool = None
+        app.amqp._producer_pool = None
     app.conf.update(
         broker_url=settings.broker_url,
         broker_transport_options={

@@ -33,7 +33,9 @@ from workers.image_store import ImageStoreError
 from workers.ingest import decode_image
 from workers.pipeline import AdmittedPicture, ObservedPicture, ScanResult
 
-__all__ = ["enqueue_picture", "ingest", "is_transient", "persist", "vision"]
+__all__ = [
+    "enqueue_path", "enqueue_picture", "ingest", "is_transient", "persist", "poll_camera", "poll_cameras", "vision",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -260,3 +262,38 @@ def enqueue_path(path: Path, *, location_code: str | None = None) -> str:
     info = path.stat()
     return enqueue_picture(path.read_bytes(), source=str(path), location_code=location_code,
                            fallback_time=datetime.fromtimestamp(info.st_mtime, UTC))
+
+
+@app.task(name="shelftally.poll_camera", bind=True, base=StageTask)
+def poll_camera(self: StageTask, camera_code: str) -> dict[str, Any]:
+    """Poll one camera; a picture worth scanning is enqueued (:func:`enqueue_picture`).
+
+    Args:
+        camera_code: the camera.
+
+    Returns:
+        The poll's report as a dictionary.
+    """
+    from dataclasses import asdict
+
+    from workers.camera_registry import CameraPoller
+
+    report = CameraPoller(context().factory, enqueue_picture).poll(camera_code)
+    return asdict(report)
+
+
+@app.task(name="shelftally.poll_cameras", bind=True, base=StageTask)
+def poll_cameras(self: StageTask) -> list[str]:
+    """Scheduler tick (celery beat): claim the cameras that are due and enqueue a poll of each.
+
+    Returns:
+        The camera codes polled.
+    """
+    from inventory.db import run_in_transaction
+    from workers.camera_registry import due_cameras
+
+    now = datetime.now(UTC)
+    codes = run_in_transaction(context().factory, lambda session: due_cameras(session, now))
+    for code in codes:
+        poll_camera.apply_async(args=[code])
+    return codes

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 import migrations
 from inventory.db import create_engine, session_factory
 from tests.conftest import POSTGRES_URL, _postgres_schema_url, seed_shelf
+from tests.workers.cameras.conftest import silent_listener, snapshot_server  # noqa: F401  (fixtures for cameras)
 from tests.workers.conftest import SHELF
 
 REDIS_URL = os.environ.get("SHELFTALLY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
