@@ -69,7 +69,7 @@ def toy_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
     try:
         return train_classifier(
             read_image_folder(root), out_dir=tmp_path_factory.mktemp("toy_classifier") / "model",
-            backbone="mobilenet_v3_small", input_size=64, embedding_dim=32, epochs=4, batch=16, lr=3e-3,
+            backbone="mobilenet_v3_small", input_size=64, embedding_dim=32, epochs=8, batch=16, lr=3e-3,
             patience=4, false_reject_rate=0.0, seed=0,
         )
     finally:

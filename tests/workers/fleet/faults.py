@@ -4,7 +4,9 @@ A test sets ``<prefix>test-fault:<task name>`` in Redis to one of:
 
 - ``kill-once``: the first delivery of each message SIGKILLs its own worker process;
 - ``kill-always``: every delivery does;
-- ``sleep-once:<seconds>``: the first delivery of each message sleeps, then runs.
+- ``sleep-once:<seconds>``: the first delivery of each message sleeps, then runs;
+- ``transient-once``: the first run of each message fails with a database outage (retried);
+- ``permanent``: every run fails with a ValueError (a bug: never retried).
 
 Nothing here is imported by ShelfTally itself.
 """
@@ -16,6 +18,7 @@ import signal
 import time
 from typing import Any
 
+from inventory.errors import DatabaseUnavailableError
 from workers.fleet import tasks
 from workers.fleet.app import context
 
@@ -34,6 +37,10 @@ def _wrap(task: Any) -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
             if kind.startswith("sleep-once:") and first:
                 time.sleep(float(kind.split(":", 1)[1]))
+            if kind == "transient-once" and first:
+                raise DatabaseUnavailableError("injected: the database is restarting")
+            if kind == "permanent":
+                raise ValueError("injected: a bug")
         return original(*args, **kwargs)
 
     task.run = run

@@ -137,3 +137,41 @@ def test_the_worker_refuses_a_time_limit_that_is_not_below_the_visibility_timeou
 
     assert result.returncode == 1
     assert "time_limit_exceeds_visibility_timeout" in result.stderr + result.stdout
+
+
+def test_transient_errors_are_retried_and_permanent_ones_parked_at_once(fleet: Fleet, tmp_path: Path) -> None:
+    write_pictures(tmp_path / "first", range(1))
+    write_pictures(tmp_path / "second", range(1, 2))
+    fleet.start_worker("--concurrency", "1")
+
+    fleet.fault("shelftally.persist", "transient-once")
+    ingest(fleet, tmp_path / "first")
+    fleet.wait_until(lambda: len(fleet.scan_rows()) == 1 and not any(fleet.pending().values()), 120,
+                     "the scan after one retry")
+    assert [row.status for row in fleet.scan_rows()] == ["processed"]
+    assert "transient failure (retry 1/5" in fleet.logs()
+
+    fleet.fault("shelftally.persist", "permanent")
+    ingest(fleet, tmp_path / "second")
+    fleet.wait_until(lambda: len(fleet.dead_letters()) == 1 and not any(fleet.pending().values()), 120,
+                     "the failing message parked")
+    letter, = fleet.dead_letters()
+    assert (letter["task"], letter["reason"], letter["deliveries"]) == ("shelftally.persist", "ValueError", 1)
+    assert "injected: a bug" in letter["error"]
+    assert len(fleet.scan_rows()) == 1
+
+
+def test_a_corrupt_picture_is_recorded_as_rejected_and_never_retried(fleet: Fleet, tmp_path: Path) -> None:
+    folder = tmp_path / "pictures"
+    write_pictures(folder, range(1))
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 200)  # a JPEG header, then nothing
+    fleet.start_worker("--concurrency", "1")
+
+    ingest(fleet, folder)
+
+    fleet.wait_until(lambda: len(fleet.scan_rows()) == 2 and not any(fleet.pending().values()), 120, "both pictures")
+    rows = fleet.scan_rows()
+    assert sorted((row.status, row.reject_reason) for row in rows) == [
+        ("processed", None), ("rejected", "corrupt_image")]
+    assert fleet.dead_letters() == []
+    assert "transient failure" not in fleet.logs()
