@@ -88,8 +88,9 @@ def add_camera(
         session: the caller's session.
         camera_code: unique name (at most 64 characters).
         kind: ``rtsp``, ``http`` or ``folder``.
-        url: ``rtsp://user@host/stream`` (any URL FFmpeg reads), ``http(s)://...`` snapshot URL,
-            or a folder path. It must carry no password.
+        url: for ``rtsp``, any stream FFmpeg reads (``rtsp://user@host/stream``, an HTTP MJPEG
+            stream, a video file); for ``http``, a snapshot URL; for ``folder``, a folder path. It
+            must carry no password.
         location_code: the location it shows; None: read from a location label in each picture.
         interval_s: seconds between polls (> 0).
         timeout_s: limit of one grab, seconds (> 0).
@@ -109,9 +110,8 @@ def add_camera(
             "a file and pass --secret env:NAME or --secret file:/path", reason="inline_credentials")
     if kind is CameraKind.HTTP and (parts.scheme not in ("http", "https") or not parts.hostname):
         raise InvalidInputError(f"{mask_url(url)}: an http camera needs an http(s) URL", reason="invalid_camera_url")
-    if kind is CameraKind.RTSP and (not parts.scheme or parts.scheme in ("http", "https", "file")):
-        raise InvalidInputError(f"{mask_url(url)}: an rtsp camera needs a stream URL (rtsp://...)",
-                                reason="invalid_camera_url")
+    if kind is CameraKind.RTSP and not url.strip():
+        raise InvalidInputError("an rtsp camera needs a stream URL or a video file", reason="invalid_camera_url")
     if kind is CameraKind.FOLDER and parts.scheme not in ("", "file"):
         raise InvalidInputError(f"{url}: a folder camera needs a folder path", reason="invalid_camera_url")
     for name, value in (("interval_s", interval_s), ("timeout_s", timeout_s), ("stale_after_s", stale_after_s)):
