@@ -57,7 +57,7 @@ from workers.pipeline import PipelineConfig, ScanPipeline, load_models
 from workers.report import print_counts
 from workers.settings import Settings
 
-__all__ = ["DEMO_SKUS", "DemoSize", "run_vision_demo"]
+__all__ = ["DEMO_SKUS", "DemoSize", "demo_packshots", "run_vision_demo", "train_demo_models"]
 
 DEMO_SKUS: list[tuple[str, str, str]] = [
     ("DEMO-COLA-330", "Fizz Cola 330 ml can", "can"),
@@ -117,15 +117,20 @@ def _scene_config(size: DemoSize, *, photo: bool) -> SceneConfig:
     )
 
 
-def _packshots() -> list[Packshot]:
+def demo_packshots() -> list[Packshot]:
+    """The demo SKUs' drawn catalogue packshots (seed 3), in :data:`DEMO_SKUS` order."""
     return drawn_packshots([code for code, _, _ in DEMO_SKUS], kinds=[kind for _, _, kind in DEMO_SKUS],
                            names=[name.split()[0] for _, name, _ in DEMO_SKUS], seed=3)
 
 
-def _train_models(
+def train_demo_models(
     folder: Path, size: DemoSize, packshots: list[Packshot], say: Callable[[str], None]
 ) -> tuple[Path, Path]:
-    """Train (or reuse) the demo detector and classifier; returns their model directories."""
+    """Train (or reuse) the demo detector and classifier in ``folder``; returns their model directories.
+
+    Models are reused when ``folder/recipe.txt`` holds ``size.key()`` (a few minutes on 2 cores
+    otherwise); ``say`` receives progress lines.
+    """
     detector_dir, classifier_dir = folder / "detector", folder / "classifier"
     stamp = folder / "recipe.txt"
     if stamp.is_file() and stamp.read_text().strip() == size.key() and (detector_dir / "model.onnx").is_file() \
@@ -306,8 +311,8 @@ def run_vision_demo(
         console.print(f"[dim]{time.perf_counter() - started:6.1f} s[/]  {text}", highlight=False)
 
     console.rule("[bold]ShelfTally demo[/]: shelf photos to counts, discrepancies and evidence")
-    packshots = _packshots()
-    detector_dir, classifier_dir = _train_models(workdir / "models", size, packshots, say)
+    packshots = demo_packshots()
+    detector_dir, classifier_dir = train_demo_models(workdir / "models", size, packshots, say)
 
     database = workdir / "shelftally.db"
     for suffix in ("", "-wal", "-shm"):

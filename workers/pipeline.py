@@ -89,7 +89,7 @@ logger = logging.getLogger(__name__)
 _NOTHING_READ = hashlib.sha256(b"").hexdigest()
 """Digest recorded for a rejected file whose bytes were never read (unreadable, or over ``max_bytes``)."""
 
-STAGES = ("decode", "locate", "detect", "crop", "classify", "persist", "evidence")
+STAGES = ("decode", "locate", "detect", "crop", "classify", "persist", "reconcile", "evidence")
 """Stage names of :attr:`ScanResult.timings_ms`, in pipeline order."""
 
 
@@ -619,8 +619,10 @@ class ScanPipeline:
             return self._reject(source=picture.source, sha256=picture.image_sha256, size_bytes=picture.size_bytes,
                                 location_code=picture.location_code, captured_at=picture.captured_at, error=error,
                                 timings=timings)
-        timings["persist"] = _ms(step)
-        scan_id, created, counts, unknown, lines, outcome, items = persisted
+        scan_id, created, counts, unknown, lines, outcome, items, reconcile_ms = persisted
+        timings["persist"] = round(_ms(step) - reconcile_ms, 2)
+        if created:
+            timings["reconcile"] = reconcile_ms
         location_code, when, source = picture.location_code, picture.captured_at, picture.source
         if not created:  # a concurrent delivery of the same picture recorded it first
             return ScanResult(source=source, status="duplicate", scan_id=scan_id, location_code=location_code,
@@ -679,7 +681,7 @@ class ScanPipeline:
 
     def _persist(
         self, session: Session, observed: ObservedPicture, withhold: Collection[DiscrepancyKind]
-    ) -> tuple[int, bool, dict[str, int], int, list[SkuLine], ReconcileOutcome | None, list[EvidenceItem]]:
+    ) -> tuple[int, bool, dict[str, int], int, list[SkuLine], ReconcileOutcome | None, list[EvidenceItem], float]:
         picture = observed.picture
         codes = {box.sku_code for box in observed.boxes if box.sku_code is not None}
         master = set(session.scalars(sa.select(Sku.sku_code).where(Sku.sku_code.in_(codes)))) if codes else set()
@@ -710,16 +712,18 @@ class ScanPipeline:
         )
         (scan_id, created), = record_scans(session, scans=[record], now=self.clock())
         if not created:
-            return scan_id, False, dict(counts), unknown, [], None, []
+            return scan_id, False, dict(counts), unknown, [], None, [], 0.0
+        step = time.perf_counter()
         outcome, = reconcile_scans(session, scan_ids=[scan_id], policy=self.policy, channels=self.config.channels,
                                    withhold=withhold)
+        reconcile_ms = _ms(step)
         lines = self._lines(session, picture.location_code, counts, unknown)
         kind_of = {line.sku_code: line.discrepancy for line in lines}
         items = [
             EvidenceItem(xyxy=box.xyxy, sku_code=code, confidence=box.sku_confidence, discrepancy=kind_of.get(code))
             for box, code in zip(observed.boxes, sku_of, strict=True)
         ]
-        return scan_id, True, dict(counts), unknown, lines, outcome, items
+        return scan_id, True, dict(counts), unknown, lines, outcome, items, reconcile_ms
 
     def _lines(self, session: Session, location_code: str, counts: Counter[str], unknown: int) -> list[SkuLine]:
         book = {

@@ -79,7 +79,7 @@ def test_toy_pictures_are_counted_exactly(pipeline: ScanPipeline, factory: sessi
         assert result.status == "processed", result
         assert result.counts == truth, f"seed {seed}"
         assert result.unknown_facings == 0
-        assert set(result.timings_ms) == {"decode", "detect", "crop", "classify", "persist", "evidence"}
+        assert set(result.timings_ms) == {"decode", "detect", "crop", "classify", "persist", "reconcile", "evidence"}
     with factory() as session:
         scans = session.scalars(sa.select(Scan).order_by(Scan.id)).all()
         assert [s.status for s in scans] == [ScanStatus.PROCESSED] * len(GOOD_SEEDS)

@@ -35,7 +35,7 @@ _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 TASKS = Counter("shelftally_tasks_total", "Task deliveries by task name and outcome "
                 "(succeeded, retried, failed, dead_lettered)", ["task", "outcome"])
 STAGE_SECONDS = Histogram("shelftally_stage_seconds", "Time per scan stage (decode, locate, detect, crop, "
-                          "classify, persist, evidence) and per task", ["stage"], buckets=_BUCKETS)
+                          "classify, persist, reconcile, evidence) and per task", ["stage"], buckets=_BUCKETS)
 SCANS = Counter("shelftally_scans_total", "Pictures finished, by status (processed, duplicate, rejected)",
                 ["status"])
 PICTURES_REJECTED = Counter("shelftally_pictures_rejected_total", "Pictures rejected, by machine-readable reason",
