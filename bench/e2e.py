@@ -91,6 +91,10 @@ def models(work: Path) -> tuple[Path, Path]:
         from detector.export import export_openvino
 
         export_openvino(at640 / "model.onnx", at640)
+    if not (classifier / "openvino" / "model.xml").is_file():
+        from classifier.export import export_openvino as export_classifier_openvino
+
+        export_classifier_openvino(classifier / "model.onnx", classifier)
     return at640, classifier
 
 
