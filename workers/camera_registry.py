@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
@@ -57,6 +58,9 @@ __all__ = ["CameraPoller", "PollReport", "Submit", "add_camera", "due_cameras", 
 
 logger = logging.getLogger(__name__)
 
+#: Query parameters that carry credentials (``?user=admin&pwd=...``, ``?token=...``).
+_CREDENTIAL_KEY = re.compile(r"pass|pwd|token|secret|key|auth|sig|credential", re.IGNORECASE)
+
 #: ``submit(data, source=..., location_code=..., captured_at=..., fallback_time=..., camera_code=...)``
 Submit = Callable[..., Any]
 
@@ -65,8 +69,8 @@ def _check_secret_ref(secret_ref: str | None) -> None:
     if secret_ref is None:
         return
     kind, _, target = secret_ref.partition(":")
-    if kind not in ("env", "file") or not target:
-        raise InvalidInputError(f"secret reference {secret_ref!r}: expected env:NAME or file:/path",
+    if kind not in ("env", "file") or not target:  # the value may be the password itself: never shown
+        raise InvalidInputError("the secret must be a reference, env:NAME or file:/path, never the password itself",
                                 reason="invalid_secret_ref")
 
 
@@ -104,6 +108,12 @@ def add_camera(
         UnknownLocationError: ``location_code`` is not a location.
     """
     parts = urlsplit(url)
+    secret_keys = sorted(key for key, _ in parse_qsl(parts.query, keep_blank_values=True)
+                         if _CREDENTIAL_KEY.search(key))
+    if secret_keys:
+        raise InvalidInputError(
+            f"{mask_url(url)}: the query carries credentials ({', '.join(secret_keys)}); cameras that take them in "
+            "the query are not supported yet: use a URL with a user name and --secret", reason="inline_credentials")
     if parts.password:
         raise InvalidInputError(
             f"{mask_url(url)}: a camera URL must not carry a password; put it in an environment variable or "
@@ -368,14 +378,29 @@ def _with_secret(url: str, secret_ref: str | None) -> str:
     return urlunsplit(parts._replace(netloc=f"{quote(user, safe='')}:{quote(secret, safe='')}@{host}"))
 
 
+_USED: dict[tuple[int, str], tuple[float, float]] = {}
+"""Per reader: when a poll last used it (monotonic seconds) and how long it may stay idle."""
+
+
 def _reader(camera: Camera, url: str) -> RtspReader:
+    """This process's reader of the camera's stream. Readers no poll used for three poll
+    intervals (at least a minute) are closed: a removed or disabled camera is not dialled forever."""
     key = (os.getpid(), f"{camera.camera_code}|{url}")
+    now = time.monotonic()
+    idle: list[RtspReader] = []
     with _READERS_LOCK:
+        for other, (used, allowed) in list(_USED.items()):
+            if other != key and now - used > allowed and other in _READERS:
+                idle.append(_READERS.pop(other))
+                del _USED[other]
         reader = _READERS.get(key)
         if reader is None:
             reader = RtspReader(url, open_timeout_s=camera.timeout_s, read_timeout_s=camera.timeout_s)
             _READERS[key] = reader
-        return reader
+        _USED[key] = (now, max(60.0, 3 * camera.interval_s))
+    for stale in idle:
+        stale.close(timeout_s=1)
+    return reader
 
 
 def close_readers() -> None:

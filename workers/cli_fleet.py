@@ -9,13 +9,15 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from shelftally.errors import ConfigurationError
+from shelftally.errors import ConfigurationError, ShelfTallyError
 from shelftally.redact import mask_url
 from workers.console import console, print_json
 
@@ -33,6 +35,30 @@ def _cli() -> Any:
     from workers import cli  # imported late: workers.cli imports this module
 
     return cli
+
+
+@contextmanager
+def _broker(as_json: bool = False) -> Iterator[None]:
+    """The CLI's error handling, plus a broker that cannot be reached as one line with reason
+    ``broker_unavailable`` (exit status 1) instead of a traceback."""
+    from kombu.exceptions import OperationalError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    cli = _cli()
+    try:
+        with cli._errors(as_json):
+            yield
+    except (OperationalError, RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError) as error:
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        cli._fail(BrokerUnavailableError(f"cannot reach the broker: {detail}"), as_json)
+        raise typer.Exit(1) from error
+
+
+class BrokerUnavailableError(ShelfTallyError):
+    """The Celery broker (Redis) cannot be reached."""
+
+    reason = "broker_unavailable"
 
 
 def _settings(typer_ctx: typer.Context) -> Settings:
@@ -59,10 +85,11 @@ def worker_cmd(
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Worker processes.")] = 1,
     pool: Annotated[str, typer.Option("--pool", help="prefork (processes) or solo (this process).")] = "prefork",
     metrics_port: Annotated[int | None, typer.Option(
-        "--metrics-port", help="Serve Prometheus metrics here (default SHELFTALLY_FLEET__METRICS_PORT).",
+        "--metrics-port", min=1, max=65535,
+        help="Serve Prometheus metrics here (default SHELFTALLY_FLEET__METRICS_PORT).",
     )] = None,
     include: Annotated[list[str] | None, typer.Option(
-        "--include", help="Extra module to import in the worker (plugins, tests' fault injection).",
+        "--include", help="Extra module to import in the worker (plugins).",
     )] = None,
     hostname: Annotated[str | None, typer.Option("--hostname", help="Worker node name (default: unique).")] = None,
     loglevel: Annotated[str, typer.Option("--loglevel", help="Celery log level.")] = "INFO",
@@ -84,6 +111,13 @@ def worker_cmd(
                 "a worker of the vision queue needs SHELFTALLY_MODELS__DETECTOR_DIR and "
                 "SHELFTALLY_MODELS__CLASSIFIER_DIR", reason="models_not_configured",
             )
+        if serves_vision and settings.models.detector_dir and settings.models.classifier_dir:
+            # Metadata only: the parent never loads a runtime (its children do, after the fork).
+            from classifier.model_dir import read_model_dir as read_classifier_dir
+            from detector.model_dir import read_model_dir as read_detector_dir
+
+            read_detector_dir(settings.models.detector_dir)
+            read_classifier_dir(settings.models.classifier_dir)
         if serves_vision and settings.models.threads is None:
             # Children share the cores: one runtime per child with all cores each would oversubscribe.
             cores = os.cpu_count() or 1
@@ -99,7 +133,11 @@ def worker_cmd(
         if port is not None:
             from workers.fleet.metrics import serve
 
-            serve(port)
+            try:
+                serve(port)
+            except OSError as error:
+                raise ConfigurationError(f"cannot serve metrics on port {port}: {error.strerror or error}",
+                                         reason="metrics_port_unavailable") from error
     argv = ["worker", "--queues", ",".join(chosen), "--concurrency", str(concurrency), "--pool", pool,
             "--loglevel", loglevel, "--hostname", hostname or f"shelftally-{uuid.uuid4().hex[:8]}@%h",
             "--without-gossip", "--without-mingle"]
@@ -155,12 +193,17 @@ def ingest_cmd(
         cli.scan_cmd(typer_ctx, paths=pictures, location=location, captured_at=None, detector=None,
                      classifier=None, evidence_dir=None, as_json=as_json)
         return
-    with cli._errors(as_json):
+    with _broker(as_json):
         from workers.fleet.app import configure
         from workers.fleet.tasks import enqueue_path
 
         configure(settings, serves_vision=False)
-        cli._ctx(typer_ctx).factory  # noqa: B018  (the schema must be at head before anything is sent)
+        factory = cli._ctx(typer_ctx).factory  # the schema must be at head before anything is sent
+        if location is not None:  # a caller's mistake is refused here, not by every worker later
+            from inventory.reconcile import get_location
+
+            with factory() as session:
+                get_location(session, location)
         sent = [{"path": str(path), "task_id": enqueue_path(path, location_code=location)} for path in pictures]
     if as_json:
         print_json({"enqueued": sent})
@@ -173,15 +216,15 @@ def tasks_failed(typer_ctx: typer.Context, as_json: JsonOption = False) -> None:
     """List the dead-letter list: messages that kept killing their worker or failed for good."""
     from dataclasses import asdict
 
-    with _cli()._errors(as_json):
+    with _broker(as_json):
         letters = _dead_letters(typer_ctx).list()
     if as_json:
         print_json({"failed": [asdict(letter) for letter in letters]})
         return
-    table = Table("id", "task", "reason", "deliveries", "failed at", "error", title=f"{len(letters)} dead letter(s)")
+    table = Table("task", "reason", "deliveries", "failed at", "error", title=f"{len(letters)} dead letter(s)")
     for letter in letters:
-        table.add_row(letter.id, letter.task, letter.reason, str(letter.deliveries), letter.failed_at,
-                      letter.error[:80])
+        table.add_row(letter.task, letter.reason, str(letter.deliveries), letter.failed_at[:19], letter.error[:60])
+        table.add_row(f"  id {letter.id}", "", "", "", "")  # whole, to copy into tasks retry
     console.print(table)
 
 
@@ -196,7 +239,7 @@ def tasks_retry(
     if not letter_ids and not retry_all:
         raise typer.BadParameter("give dead letter ids or --all", param_hint="LETTER_IDS")
     sent: list[dict[str, str]] = []
-    with _cli()._errors(as_json):
+    with _broker(as_json):
         dead = _dead_letters(typer_ctx)
         from workers.fleet.app import app
 
@@ -311,7 +354,7 @@ def cameras_poll(
     ctx = cli._ctx(typer_ctx)
     settings = ctx.settings
     reports: list[dict[str, Any]] = []
-    with cli._errors(as_json):
+    with _broker(as_json):
         factory = ctx.factory
         if settings.broker_url:
             from workers.fleet.app import configure
@@ -328,21 +371,30 @@ def cameras_poll(
                 pipeline.scan(data, **kwargs)
 
             poller = CameraPoller(factory, scan_here)
-        while True:
-            codes = list(camera_codes or []) or run_in_transaction(
-                factory, lambda session: due_cameras(session, datetime.now(UTC)))
-            for code in codes:
-                if settings.broker_url:
-                    poll_camera.apply_async(args=[code])
-                    reports.append({"camera_code": code, "enqueued": True})
-                else:
-                    reports.append(asdict(poller.poll(code)))
-            if not forever:
-                break
-            time.sleep(1.0)
+        try:
+            while True:
+                codes = list(camera_codes or []) or run_in_transaction(
+                    factory, lambda session: due_cameras(session, datetime.now(UTC)))
+                for code in codes:
+                    if settings.broker_url:
+                        poll_camera.apply_async(args=[code])
+                        reports.append({"camera_code": code, "enqueued": True})
+                    else:
+                        reports.append(asdict(poller.poll(code)))
+                    if forever and not as_json:
+                        console.print(" ".join(f"{k}={v}" for k, v in reports[-1].items()), highlight=False)
+                if not forever:
+                    break
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            from workers.camera_registry import close_readers
+
+            close_readers()  # stream threads are stopped before the interpreter exits
     if as_json:
         print_json({"polls": reports})
-    else:
+    elif not forever:
         for report in reports:
             console.print(" ".join(f"{k}={v}" for k, v in report.items()), highlight=False)
 
@@ -363,7 +415,7 @@ def status_cmd(typer_ctx: typer.Context, as_json: JsonOption = False) -> None:
     cli = _cli()
     settings = _settings(typer_ctx)
     data: dict[str, Any] = {"broker": mask_url(settings.broker_url) if settings.broker_url else None}
-    with cli._errors(as_json):
+    with _broker(as_json):
         data["cameras"] = cli._run(typer_ctx, list_cameras, as_json)
         if settings.broker_url:
             from redis import Redis

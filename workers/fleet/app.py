@@ -74,6 +74,8 @@ app.conf.update(
     task_routes=ROUTES,
     task_default_queue="ingest",
     broker_connection_retry_on_startup=True,
+    # A producer facing a broker that is down fails in seconds with broker_unavailable, not after a minute.
+    task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
     enable_utc=True,
 )
 

@@ -73,7 +73,16 @@ def test_the_registry_refuses_passwords_in_urls_and_shows_urls_masked(registry: 
         run_in_transaction(registry, lambda session: add_camera(
             session, camera_code="CAM-1", kind=CameraKind.HTTP, url="http://10.0.0.7/snap.jpg", location_code="NOPE"))
 
-    register(registry, "CAM-1", CameraKind.RTSP, "rtsp://admin@10.0.0.7:554/stream1?token=abc",
+    for url in ("http://10.0.0.7/snap.jpg?user=admin&pwd=hunter2", "rtsp://10.0.0.7/s?token=hunter2"):
+        with pytest.raises(InvalidInputError) as in_query:
+            register(registry, "CAM-1", CameraKind.HTTP if url.startswith("http") else CameraKind.RTSP, url)
+        assert in_query.value.reason == "inline_credentials"
+        assert "hunter2" not in str(in_query.value)
+    with pytest.raises(InvalidInputError) as pasted:  # the password typed where its reference belongs
+        register(registry, "CAM-1", CameraKind.RTSP, "rtsp://admin@10.0.0.7/s", secret_ref="hunter2")
+    assert "hunter2" not in str(pasted.value)
+
+    register(registry, "CAM-1", CameraKind.RTSP, "rtsp://admin@10.0.0.7:554/stream1?channel=1",
              secret_ref="env:CAM1_PASSWORD")
     with pytest.raises(InvalidInputError) as duplicate:
         register(registry, "CAM-1", CameraKind.HTTP, "http://10.0.0.7/snap.jpg")
