@@ -33,7 +33,7 @@ from shelftally.errors import ConfigurationError, ShelfTallyError
 from shelftally.redact import mask_url
 from workers.cli_classifier import classifier_app, sku_app
 from workers.cli_detector import detector_app
-from workers.cli_fleet import beat_cmd, cameras_app, ingest_cmd, status_cmd, tasks_app, worker_cmd
+from workers.cli_fleet import beat_cmd, cameras_app, images_app, ingest_cmd, status_cmd, tasks_app, worker_cmd
 from workers.cli_scan import evaluate_app
 from workers.console import console, err_console, print_error, print_json
 from workers.report import print_counts, print_discrepancies
@@ -58,6 +58,7 @@ app.add_typer(sku_app, name="sku")
 app.add_typer(evaluate_app, name="evaluate")
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(cameras_app, name="cameras")
+app.add_typer(images_app, name="images")
 app.command("status")(status_cmd)
 app.command("worker")(worker_cmd)
 app.command("beat")(beat_cmd)

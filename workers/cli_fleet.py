@@ -24,9 +24,10 @@ from workers.console import console, print_json
 if TYPE_CHECKING:
     from workers.settings import Settings
 
-__all__ = ["tasks_app"]
+__all__ = ["cameras_app", "images_app", "tasks_app"]
 
 tasks_app = typer.Typer(no_args_is_help=True, help="Dead-letter list of the Celery fleet.")
+images_app = typer.Typer(no_args_is_help=True, help="The picture store that tasks refer to.")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -64,6 +65,22 @@ class BrokerUnavailableError(ShelfTallyError):
 def _settings(typer_ctx: typer.Context) -> Settings:
     settings: Settings = _cli()._ctx(typer_ctx).settings
     return settings
+
+
+def _temporary_dir(prefix: str) -> str:
+    """A temporary folder removed when this process exits."""
+    import atexit
+    import shutil
+
+    folder = tempfile.mkdtemp(prefix=prefix)
+    owner = os.getpid()
+
+    def remove() -> None:
+        if os.getpid() == owner:  # never from a forked child that happens to run exit handlers
+            shutil.rmtree(folder, ignore_errors=True)
+
+    atexit.register(remove)
+    return folder
 
 
 def _queues(value: str) -> list[str]:
@@ -125,7 +142,7 @@ def worker_cmd(
         port = metrics_port if metrics_port is not None else settings.fleet.metrics_port
         if port is not None and pool == "prefork" and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             # Before prometheus_client is first imported, in this process and so in every child.
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="shelftally-metrics-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = _temporary_dir("shelftally-metrics-")
         from workers.fleet.app import configure
 
         app = configure(settings, serves_vision=serves_vision)
@@ -163,7 +180,7 @@ def beat_cmd(
 
         app = configure(_settings(typer_ctx), serves_vision=False)
     app.conf.beat_schedule = {"poll-cameras": {"task": "shelftally.poll_cameras", "schedule": tick}}
-    path = schedule_file or Path(tempfile.mkdtemp(prefix="shelftally-beat-")) / "schedule"
+    path = schedule_file or Path(_temporary_dir("shelftally-beat-")) / "schedule"
     app.start(["beat", "--loglevel", loglevel, "--schedule", str(path)])
 
 
@@ -452,3 +469,31 @@ def status_cmd(typer_ctx: typer.Context, as_json: JsonOption = False) -> None:
         console.print(f"queued: {queues}; taken, unacknowledged: {data['unacknowledged']}; "
                       f"dead letters: {data['dead_letters']}", highlight=False)
     console.print(_camera_table(data["cameras"]))
+
+
+@images_app.command("prune")
+def images_prune(
+    typer_ctx: typer.Context,
+    older_than_days: Annotated[float, typer.Option(
+        "--older-than-days", min=0.01, help="Delete pictures last stored more than this many days ago.",
+    )] = 7.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete old pictures from the picture store (SHELFTALLY_FLEET__IMAGE_STORE_DIR).
+
+    Keep the retention well above the longest a picture may wait in a queue plus the broker's
+    visibility timeout: a task whose picture was pruned fails for good (image_missing).
+    Scans, detections and evidence images are not touched.
+    """
+    from datetime import timedelta
+
+    from workers.image_store import LocalImageStore
+
+    settings = _settings(typer_ctx)
+    with _cli()._errors(as_json):
+        files, size = LocalImageStore(settings.fleet.image_store_dir).prune(timedelta(days=older_than_days))
+    if as_json:
+        print_json({"deleted_files": files, "deleted_bytes": size, "store": str(settings.fleet.image_store_dir)})
+    else:
+        console.print(f"deleted {files} picture(s), {size / 2**20:.1f} MiB, from {settings.fleet.image_store_dir}",
+                      highlight=False)

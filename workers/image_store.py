@@ -19,6 +19,7 @@ import os
 import re
 import tempfile
 from abc import ABC, abstractmethod
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from shelftally.errors import ShelfTallyError
@@ -111,6 +112,10 @@ class LocalImageStore(ImageStore):
         key = image_key(data)
         target = self.root / key
         if target.is_file() and target.stat().st_size == len(data):
+            try:  # stored again: young again, so that prune() keeps it while it is queued
+                os.utime(target)
+            except OSError as error:
+                raise ImageStoreError(f"cannot touch {target}: {error}", reason="store_unavailable") from error
             return key
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -156,3 +161,40 @@ class LocalImageStore(ImageStore):
         except OSError as error:
             raise ImageStoreError(f"cannot delete {target}: {error}", reason="store_unavailable") from error
         return True
+
+    def prune(self, older_than: timedelta, *, now: datetime | None = None) -> tuple[int, int]:
+        """Delete the pictures last stored more than ``older_than`` ago (retention).
+
+        A picture stored again (:meth:`put` of the same bytes) counts from then. Pick a retention
+        well above the longest a picture may wait in a queue plus the broker's visibility
+        timeout: a task whose picture was pruned fails for good (``image_missing``, dead letter).
+
+        Args:
+            older_than: retention, a positive duration.
+            now: the current aware time (default: now).
+
+        Returns:
+            ``(files, bytes)`` deleted (interrupted temporary files included).
+
+        Raises:
+            ValueError: ``older_than`` is not positive.
+            ImageStoreError: the store cannot be read or a file cannot be deleted
+                (``store_unavailable``).
+        """
+        if older_than <= timedelta(0):
+            raise ValueError(f"older_than must be positive, got {older_than}")
+        cutoff = ((now or datetime.now(UTC)) - older_than).timestamp()
+        files = size = 0
+        folder = self.root / "sha256"
+        if not folder.is_dir():
+            return 0, 0
+        try:
+            for path in folder.glob("*/*"):
+                info = path.stat()
+                if info.st_mtime < cutoff:
+                    path.unlink(missing_ok=True)
+                    files += 1
+                    size += info.st_size
+        except OSError as error:
+            raise ImageStoreError(f"cannot prune {folder}: {error}", reason="store_unavailable") from error
+        return files, size

@@ -78,3 +78,25 @@ def test_an_unwritable_store_says_so(tmp_path: Path) -> None:
     with pytest.raises(ImageStoreError) as caught:
         LocalImageStore(blocker / "store").put(PICTURE)
     assert caught.value.reason == "store_unavailable"
+
+
+def test_prune_deletes_pictures_stored_before_the_retention_and_a_new_put_renews_one(tmp_path: Path) -> None:
+    import os
+    import time
+    from datetime import timedelta
+
+    store = LocalImageStore(tmp_path)
+    old, renewed, young = store.put(PICTURE), store.put(PICTURE + b"1"), store.put(PICTURE + b"2")
+    ten_days_ago = time.time() - 10 * 86400
+    for key in (old, renewed):
+        os.utime(store.path(key), (ten_days_ago, ten_days_ago))
+    assert store.put(PICTURE + b"1") == renewed  # enqueued again today
+
+    files, size = store.prune(timedelta(days=7))
+
+    assert (files, size) == (1, len(PICTURE))
+    assert not store.exists(old) and store.exists(renewed) and store.exists(young)
+    assert store.prune(timedelta(days=7)) == (0, 0)
+    assert LocalImageStore(tmp_path / "never-written").prune(timedelta(days=1)) == (0, 0)
+    with pytest.raises(ValueError):
+        store.prune(timedelta(0))
