@@ -54,9 +54,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._database import drop_schema, fresh_schema  # noqa: E402
 from detector.synth import SceneConfig, generate_scene  # noqa: E402
 from inventory.db import create_engine, session_factory  # noqa: E402
-from inventory.models import Detection, Location, LocationLevel, Observation, Scan, ScanStatus, Sku, StockLevel  # noqa: E402
+from inventory.models import Detection, Location, Observation, Scan, ScanStatus, Sku  # noqa: E402
 from workers.demo_vision import DEMO_SKUS, DemoSize, demo_packshots, train_demo_models  # noqa: E402
 
 POSTGRES = os.environ.get("SHELFTALLY_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -96,38 +97,6 @@ def models(work: Path) -> tuple[Path, Path]:
 
         export_classifier_openvino(classifier / "model.onnx", classifier)
     return at640, classifier
-
-
-def fresh_schema() -> tuple[str, str]:
-    import migrations
-
-    schema = f"e2e_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    admin.dispose()
-    separator = "&" if "?" in POSTGRES else "?"
-    url = f"{POSTGRES}{separator}options=-csearch_path%3D{schema}"
-    migrations.upgrade(url)
-    engine = create_engine(url)
-    with session_factory(engine).begin() as session:
-        location = Location(location_code=LOCATION, level=LocationLevel.SHELF, name="e2e shelf")
-        session.add(location)
-        session.flush()
-        for code, name, _ in DEMO_SKUS:
-            sku = Sku(sku_code=code, name=name)
-            session.add(sku)
-            session.flush()
-            session.add(StockLevel(location_id=location.id, sku_id=sku.id, quantity=12, source="bench"))
-    engine.dispose()
-    return schema, url
-
-
-def drop_schema(schema: str) -> None:
-    admin = create_engine(POSTGRES)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-    admin.dispose()
 
 
 def run_shelftally(paths: list[Path], detector: Path, classifier: Path, url: str, backend: str,
@@ -319,12 +288,13 @@ def main() -> None:
     paths = make_pictures(args.work / "pictures", args.pictures + 1)
     warm, timed = paths[0], paths[1:]
     load_before = os.getloadavg()
-    schema, url = fresh_schema()
+    schema, url = fresh_schema(POSTGRES, prefix="e2e", location_code=LOCATION,
+                               skus=[(code, name) for code, name, _ in DEMO_SKUS], quantity=12)
     try:
         ours = run_shelftally([warm, *timed], detector, classifier, url, args.backend, args.threads)
         naive = run_naive([warm, *timed], detector, classifier, url)
     finally:
-        drop_schema(schema)
+        drop_schema(POSTGRES, schema)
     work = flops(detector, classifier)
     peak = peak_gflops(args.fma_units)
     per_picture = work["detector_gflops_at_640"] + ours["boxes_per_picture"] * work["classifier_gflops_per_crop"]

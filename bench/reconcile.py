@@ -42,17 +42,13 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import migrations
+from bench._database import schema_url
 from inventory.db import create_engine, run_in_transaction, session_factory
 from inventory.models import Alert, Discrepancy, Location, LocationLevel, Sku, StockLevel
 from inventory.reconcile import ObservedCount, ReconcilePolicy, ScanRecord, reconcile_scans, record_scans
 
 RESULTS = Path(__file__).resolve().parent / "results"
 T0 = datetime(2026, 11, 29, 8, 0, tzinfo=UTC)
-
-
-def schema_url(base: str, schema: str) -> str:
-    sep = "&" if "?" in base else "?"
-    return f"{base}{sep}options=-csearch_path%3D{schema}"
 
 
 def seed(url: str, n_locations: int, k: int) -> None:

@@ -43,9 +43,9 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._database import drop_schema, fresh_schema  # noqa: E402
 from detector.synth import SceneConfig, drawn_packshots, generate_scene  # noqa: E402
-from inventory.db import create_engine, session_factory  # noqa: E402
-from inventory.models import Location, LocationLevel, Sku, StockLevel  # noqa: E402
+from inventory.db import create_engine  # noqa: E402
 
 POSTGRES = os.environ.get("SHELFTALLY_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS = "redis://127.0.0.1:6379/0"
@@ -66,39 +66,6 @@ def pictures(count: int, seed: int) -> list[bytes]:
     return out
 
 
-def fresh_schema(labels: list[str]) -> tuple[str, str]:
-    """A migrated PostgreSQL schema with the location and the classifier's SKUs on its book."""
-    import migrations
-
-    schema = f"bench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    admin.dispose()
-    separator = "&" if "?" in POSTGRES else "?"
-    url = f"{POSTGRES}{separator}options=-csearch_path%3D{schema}"
-    migrations.upgrade(url)
-    engine = create_engine(url)
-    with session_factory(engine).begin() as session:
-        location = Location(location_code=LOCATION, level=LocationLevel.SHELF, name="bench shelf")
-        session.add(location)
-        session.flush()
-        for code in labels:
-            sku = Sku(sku_code=code, name=code)
-            session.add(sku)
-            session.flush()
-            session.add(StockLevel(location_id=location.id, sku_id=sku.id, quantity=5, source="bench"))
-    engine.dispose()
-    return schema, url
-
-
-def drop_schema(schema: str) -> None:
-    admin = create_engine(POSTGRES)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-    admin.dispose()
-
-
 def scans(engine: sa.Engine) -> int:
     with engine.connect() as conn:
         return int(conn.execute(sa.text("SELECT count(*) FROM scan WHERE status = 'processed'")).scalar() or 0)
@@ -110,7 +77,8 @@ def run(processes: int, threads: int, timed: list[bytes], warmup: list[bytes], a
     from workers.fleet.tasks import enqueue_picture
     from workers.settings import FleetSettings, ModelSettings, ScanSettings, Settings
 
-    schema, url = fresh_schema(labels)
+    schema, url = fresh_schema(POSTGRES, prefix="bench", location_code=LOCATION,
+                               skus=[(code, code) for code in labels], quantity=5)
     home = Path(tempfile.mkdtemp(prefix="shelftally-bench-"))
     prefix = f"bench{uuid.uuid4().hex[:8]}:"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHELFTALLY_")}
@@ -152,7 +120,7 @@ def run(processes: int, threads: int, timed: list[bytes], warmup: list[bytes], a
         client = Redis.from_url(REDIS)
         for key in client.scan_iter(f"{prefix}*"):
             client.delete(key)
-        drop_schema(schema)
+        drop_schema(POSTGRES, schema)
         shutil.rmtree(home, ignore_errors=True)
     return {"processes": processes, "threads_per_process": threads, "pictures": len(timed),
             "seconds": round(elapsed, 2), "pictures_per_s": round(len(timed) / elapsed, 3)}

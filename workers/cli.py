@@ -568,16 +568,11 @@ def scan_cmd(
     Pictures that fail are reported with their reason (and recorded as rejected scans); the rest
     are still scanned. Exit status 1 when any picture failed.
     """
-    from workers.cli_scan import build_pipeline, collect_pictures, print_run, result_dict, run_scan
+    from workers.cli_scan import build_pipeline, pictures_or_refuse, print_run, result_dict, run_scan
 
     ctx = _ctx(typer_ctx)
     when = _time(captured_at, "--captured-at")
-    pictures, missing = collect_pictures(paths)
-    if missing:
-        raise typer.BadParameter(f"no such file or folder (and no glob match): {', '.join(missing)}",
-                                 param_hint="PATHS")
-    if not pictures:
-        raise typer.BadParameter("no pictures in the given folders", param_hint="PATHS")
+    pictures = pictures_or_refuse(paths)
     with _errors(as_json):
         pipeline = build_pipeline(ctx.settings, ctx.factory, detector=detector, classifier=classifier,
                                   evidence_dir=evidence_dir)

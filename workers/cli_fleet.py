@@ -196,16 +196,11 @@ def ingest_cmd(
 
     Without a broker configured, the pictures are scanned in-process instead (as ``scan``).
     """
-    from workers.cli_scan import collect_pictures
+    from workers.cli_scan import pictures_or_refuse
 
     cli = _cli()
     settings = _settings(typer_ctx)
-    pictures, missing = collect_pictures(paths)
-    if missing:
-        raise typer.BadParameter(f"no such file or folder (and no glob match): {', '.join(missing)}",
-                                 param_hint="PATHS")
-    if not pictures:
-        raise typer.BadParameter("no pictures in the given folders", param_hint="PATHS")
+    pictures = pictures_or_refuse(paths)
     if not settings.broker_url:
         cli.scan_cmd(typer_ctx, paths=pictures, location=location, captured_at=None, detector=None,
                      classifier=None, evidence_dir=None, as_json=as_json)

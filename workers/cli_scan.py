@@ -121,6 +121,22 @@ def result_dict(result: ScanResult) -> dict[str, Any]:
     }
 
 
+def pictures_or_refuse(paths: Sequence[Path]) -> list[Path]:
+    """:func:`collect_pictures`, refusing (usage error, exit status 2) arguments that name
+    nothing and arguments that hold no picture.
+
+    Raises:
+        typer.BadParameter: a path names nothing, or there is no picture at all.
+    """
+    pictures, missing = collect_pictures(paths)
+    if missing:
+        raise typer.BadParameter(f"no such file or folder (and no glob match): {', '.join(missing)}",
+                                 param_hint="PATHS")
+    if not pictures:
+        raise typer.BadParameter("no pictures in the given folders", param_hint="PATHS")
+    return pictures
+
+
 def build_pipeline(
     settings: Settings,
     factory: sessionmaker[Session],

@@ -35,7 +35,7 @@ def test_enrolling_from_one_picture_recognises_the_others(model_copy: Path) -> N
         assert threshold is not None
         result = recognizer.classify(others)
         # The gallery's claim, threshold off: the nearest prototype of the other pictures is the
-        # enrolled one (0.8 measured). This 6-second model does not bridge the packshot-to-shelf
+        # enrolled one. This 6-second model does not bridge the packshot-to-shelf
         # gap reliably (0.0 to 0.3 from a catalogue picture depending on the CPU's kernels), and
         # its threshold, calibrated on two held-out classes its colour-only features merge with
         # trained ones, can reject everything; so the open-set share is not asserted.

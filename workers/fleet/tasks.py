@@ -22,6 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from celery import Task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
+from sqlalchemy.orm import Session, sessionmaker
 
 from inventory.errors import DatabaseUnavailableError
 from inventory.models import Camera, CameraState, DiscrepancyKind
@@ -89,13 +90,14 @@ class StageTask(Task):  # type: ignore[misc]
         except Retry:
             raise
         except Exception as error:
-            if is_transient(error) and request.retries < fleet.max_retries:
+            transient = is_transient(error)
+            if transient and request.retries < fleet.max_retries:
                 delay = min(fleet.retry_backoff_max_s, 2.0 ** request.retries)
                 logger.warning("%s[%s] transient failure (retry %s/%s in %.0f s): %s", self.name, request.id,
                                request.retries + 1, fleet.max_retries, delay, error)
                 metrics.TASKS.labels(self.name, "retried").inc()
                 raise self.retry(exc=error, countdown=delay) from error
-            reason = "retries_exhausted" if is_transient(error) else getattr(error, "reason", type(error).__name__)
+            reason = "retries_exhausted" if transient else getattr(error, "reason", type(error).__name__)
             logger.exception("%s[%s] failed for good (%s)", self.name, request.id, reason)
             self._park(args, kwargs, str(reason), f"{type(error).__name__}: {error}", deliveries)
             return None
@@ -201,7 +203,7 @@ def persist(self: StageTask, message: dict[str, Any]) -> dict[str, Any]:
     return _finished(ctx.pipeline.record(observed, decoded=decoded, withhold=withhold))
 
 
-def _withheld(factory: Any, camera_code: str | None) -> Collection[DiscrepancyKind]:
+def _withheld(factory: sessionmaker[Session], camera_code: str | None) -> Collection[DiscrepancyKind]:
     if camera_code is None:
         return ()
     with factory() as session:

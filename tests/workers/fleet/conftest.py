@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[3]
 SHELFTALLY = str(Path(sys.executable).parent / "shelftally")
 
 
-def _redis() -> Any:
+def redis_or_fail() -> Any:
+    """A client of the test Redis; the test fails (not skips) when it is down."""
     from redis import Redis
 
     client = Redis.from_url(REDIS_URL, socket_timeout=5, socket_connect_timeout=2)
@@ -122,9 +123,8 @@ class Fleet:
         counts["unacked"] = int(self.redis.hlen(f"{self.prefix}unacked"))
         return counts
 
-    def deliveries(self, task_name: str) -> list[int]:
-        """Delivery counts of every message of one task (from the fleet's delivery counters)."""
-        del task_name  # counters are keyed by task id; the fault keys say which task fired
+    def deliveries(self) -> list[int]:
+        """Delivery counts of every message so far (the fleet's counters are keyed by task id, not name)."""
         return [int(self.redis.get(key)) for key in self.redis.scan_iter(f"{self.prefix}deliveries:*")]
 
     def fault(self, task_name: str, kind: str | None) -> None:
@@ -144,7 +144,7 @@ class Fleet:
 @pytest.fixture
 def fleet(tmp_path: Path, tiny_detector: Path, toy_classifier: Path) -> Iterator[Fleet]:
     """A fleet on a fresh PostgreSQL schema (shelf ``SHELF`` with a book) and a fresh Redis prefix."""
-    redis = _redis()
+    redis = redis_or_fail()
     schema = f"t_{uuid.uuid4().hex[:16]}"
     admin = create_engine(POSTGRES_URL)
     with admin.begin() as conn:

@@ -71,7 +71,7 @@ def test_a_worker_killed_mid_task_gets_the_task_again_and_it_completes_once(flee
     fleet.wait_until(lambda: len(fleet.scan_rows()) == 1 and not any(fleet.pending().values()), 120,
                      "the scan after the worker child was killed")
     assert [row.status for row in fleet.scan_rows()] == ["processed"]
-    assert sorted(fleet.deliveries("shelftally.vision")) == [1, 1, 2]  # ingest, persist once; vision twice
+    assert sorted(fleet.deliveries()) == [1, 1, 2]  # ingest, persist once; vision twice
     assert "WorkerLostError" in fleet.logs() or "SIGKILL" in fleet.logs()
     assert fleet.dead_letters() == []
 
@@ -117,7 +117,7 @@ def test_a_redelivery_while_the_first_copy_runs_does_not_double_count(fleet: Fle
     ingest(fleet, tmp_path / "pictures")
 
     fleet.wait_until(lambda: len(fleet.scan_rows()) == 1, 120, "the scan")
-    fleet.wait_until(lambda: max(fleet.deliveries("shelftally.persist")) >= 2 and not any(fleet.pending().values()),
+    fleet.wait_until(lambda: max(fleet.deliveries()) >= 2 and not any(fleet.pending().values()),
                      60, "the redelivered persist task")
     import time
 

@@ -23,13 +23,13 @@ from typer.testing import CliRunner
 
 from inventory.errors import DatabaseUnavailableError
 from shelftally.errors import ConfigurationError, InvalidImageError
+from tests.workers.fleet.conftest import redis_or_fail
 from workers.fleet.deadletter import COUNTER_TTL_S, DeadLetter, DeadLetterError, DeadLetters
 from workers.image_store import ImageStoreError
 from workers.pipeline import AdmittedPicture, ObservedBox, ObservedPicture
 from workers.settings import FleetSettings, Settings
 
 ROOT = Path(__file__).resolve().parents[3]
-REDIS_URL = os.environ.get("SHELFTALLY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 @pytest.fixture
@@ -286,13 +286,7 @@ def test_capture_time_with_offset_comes_back_in_utc() -> None:
 
 @pytest.fixture
 def redis_client() -> Iterator[Any]:
-    from redis import Redis
-
-    client = Redis.from_url(REDIS_URL, socket_timeout=5, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except Exception as error:  # noqa: BLE001
-        pytest.fail(f"Redis at {REDIS_URL} is not reachable ({error})")
+    client = redis_or_fail()
     yield client
     client.close()
 
