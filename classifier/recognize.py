@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -91,9 +92,19 @@ class Recognizer:
 
     @classmethod
     def from_model_dir(
-        cls, model_dir: str | Path | ModelDir, *, backend: str = "onnx", threads: int | None = None
+        cls,
+        model_dir: str | Path | ModelDir,
+        *,
+        backend: str = "onnx",
+        threads: int | None = None,
+        openvino_precision: Literal["auto", "f32", "int8"] = "auto",
+        int8_max_drop_points: float = 1.0,
     ) -> Recognizer:
         """Load a model directory's backend, prototypes, threshold and current gallery.
+
+        ``openvino_precision`` and ``int8_max_drop_points`` are passed to
+        :func:`classifier.backends.load` (``"int8"``: the INT8 model within its accuracy margin).
+        The open-set threshold was calibrated on FP32 embeddings and is used unchanged with INT8.
 
         Raises:
             ModelLoadError: the directory, its weights or ``prototypes.npy`` cannot be used.
@@ -105,7 +116,8 @@ class Recognizer:
         scale = directory.architecture.logit_scale if directory.architecture is not None else 16.0
         prototypes = read_prototypes(directory.path, num_classes=directory.num_classes)
         return cls(
-            load(directory, backend=backend, threads=threads),
+            load(directory, backend=backend, threads=threads, openvino_precision=openvino_precision,
+                 int8_max_drop_points=int8_max_drop_points),
             prototypes,
             threshold=calibration.threshold if calibration is not None else None,
             embedding_mean=read_embedding_mean(directory.path, prototypes.shape[1]),

@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from shelftally.errors import ShelfTallyError
 from workers.console import console, err_console, print_error, print_json
@@ -173,6 +181,64 @@ def gallery_cmd(
             console.print(f"{mark} {name}: {len(gallery)} SKU(s): {', '.join(gallery.sku_codes)}", highlight=False)
     except ShelfTallyError as error:
         raise _fail(error) from error
+
+
+@classifier_app.command("quantize")
+def quantize_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="Model directory (with model.onnx).", exists=True, file_okay=False)],
+    data: Annotated[Path, typer.Option("--data", help="Calibration pictures: Grocery Store folder (its train "
+                                       "split), image folder or list file.", exists=True)],
+    fmt: Annotated[str, typer.Option("--format", help="grocery, folder or list.")] = "grocery",
+    val_data: Annotated[
+        Path | None, typer.Option("--val", help="Labelled pictures to score on (folder, list); grocery: its val split.",
+                                  exists=True)
+    ] = None,
+    calibration: Annotated[int, typer.Option("--calibration", min=1, help="Calibration pictures (at most).")] = 300,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """INT8 post-training quantisation (NNCF, OpenVINO) with the top-1 of FP32 and INT8 on the val pictures.
+
+    Writes openvino-int8/ into the model directory. Scans use it with models.precision=int8 and
+    backend openvino, only while its top-1 loss is within models.int8_max_accuracy_drop.
+    """
+    from classifier.dataset import read_grocery_store, read_image_folder, read_list_file
+    from classifier.quantize import quantize_classifier
+    from workers.cli_detector import print_int8_record
+    from workers.settings import Settings
+
+    if fmt not in _FORMATS:
+        raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(_FORMATS)}", param_hint="--format")
+    if fmt != "grocery" and val_data is None:
+        raise typer.BadParameter("--val is needed with --format folder or list", param_hint="--val")
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    try:
+        margin = Settings.from_environment().models.int8_max_accuracy_drop
+        name = None
+        if fmt == "grocery":
+            train_set, val = read_grocery_store(data, "train"), read_grocery_store(data, "val")
+            name = f"{Path(data).resolve().name}/val"
+        elif fmt == "folder":
+            assert val_data is not None  # checked above
+            train_set, val = read_image_folder(data, split="train"), read_image_folder(val_data, split="val")
+        else:
+            train_set = read_list_file(data, split="train")
+            assert val_data is not None  # checked above
+            val = read_list_file(val_data, class_names=train_set.class_names, split="val")
+        with Progress(*columns, console=err_console, transient=True) as bar:
+            tasks: dict[str, TaskID] = {}
+
+            def show(stage: str, done: int, total: int) -> None:
+                if stage not in tasks:
+                    tasks[stage] = bar.add_task(stage, total=total)
+                bar.update(tasks[stage], completed=done)
+
+            record = quantize_classifier(
+                model_dir, train_set, val, calibration_pictures=calibration, evaluation_name=name,
+                command=shlex.join(["shelftally", *sys.argv[1:]]), progress=show,
+            )
+    except ShelfTallyError as error:
+        raise _fail(error, as_json) from error
+    print_int8_record(record, margin, as_json)
 
 
 @classifier_app.command("evaluate-enrollment")

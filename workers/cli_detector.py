@@ -150,6 +150,76 @@ def evaluate_cmd(
         )
 
 
+def print_int8_record(record: Any, max_drop_points: float, as_json: bool) -> None:
+    """Show an INT8 record: per evaluation set FP32, INT8 and the delta, and whether the gate accepts it."""
+    from shelftally.int8 import summarize
+
+    summary = summarize(record, max_drop_points)
+    if as_json:
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+        return
+    for name, scores in record.evaluations.items():
+        delta = summary["delta_points"][name]
+        console.print(
+            f"{escape(name)}: {record.metric} FP32 {scores['fp32']:.4f}, INT8 {scores['int8']:.4f} "
+            f"({delta:+.2f} points, {scores['pictures']} pictures)",
+            highlight=False,
+        )
+    verdict = "[green]used[/]" if summary["within_margin"] else "[red]not used[/] (FP32 runs instead)"
+    console.print(
+        f"worst loss {summary['worst_drop_points']:.2f} points; with the margin of {max_drop_points:g} "
+        f"(models.int8_max_accuracy_drop) INT8 is {verdict} when models.precision is int8"
+    )
+
+
+@detector_app.command("quantize")
+def quantize_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="Model directory (with model.onnx).", exists=True, file_okay=False)],
+    data: Annotated[
+        Path, typer.Option("--data", help="data.yaml whose calibration split calibrates.", exists=True, dir_okay=False)
+    ],
+    evaluations: Annotated[
+        list[str], typer.Option("--eval", help="DATA.yaml[:split] to score FP32 and INT8 on (repeatable; split test).")
+    ],
+    calibration_split: Annotated[str, typer.Option("--calibration-split")] = "train",
+    calibration: Annotated[int, typer.Option("--calibration", min=1, help="Calibration pictures (at most).")] = 300,
+    agnostic: Annotated[bool, typer.Option("--agnostic", help="Score all classes as one.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """INT8 post-training quantisation (NNCF, OpenVINO) with the mAP50 of FP32 and INT8 on each --eval set.
+
+    Writes openvino-int8/ into the model directory. Scans use it with models.precision=int8 and
+    backend openvino, only while its worst mAP50 loss is within models.int8_max_accuracy_drop.
+    """
+    import shlex
+
+    from detector.quantize import parse_evaluation_set, quantize_detector
+    from workers.settings import Settings
+
+    try:
+        sets = [parse_evaluation_set(text) for text in evaluations]
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--eval") from error
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    try:
+        margin = Settings.from_environment().models.int8_max_accuracy_drop
+        with Progress(*columns, console=err_console, transient=True) as bar:
+            tasks: dict[str, Any] = {}
+
+            def show(stage: str, done: int, total: int) -> None:
+                if stage not in tasks:
+                    tasks[stage] = bar.add_task(stage, total=total)
+                bar.update(tasks[stage], completed=done)
+
+            record = quantize_detector(
+                model_dir, data, sets, calibration_split=calibration_split, calibration_pictures=calibration,
+                agnostic=agnostic, command=shlex.join(["shelftally", *sys.argv[1:]]), progress=show,
+            )
+    except ShelfTallyError as error:
+        raise _fail(error, as_json) from error
+    print_int8_record(record, margin, as_json)
+
+
 @detector_app.command("export")
 def export_cmd(
     model_dir: Annotated[Path, typer.Argument(help="A model directory.", exists=True, file_okay=False)],

@@ -326,7 +326,7 @@ def crop_boxes(
     return crops, np.array(kept, np.int64)
 
 
-_MODELS: dict[tuple[int, str, str, str, int | None], tuple[DetectorBackend, Recognizer]] = {}
+_MODELS: dict[tuple[Any, ...], tuple[DetectorBackend, Recognizer]] = {}
 
 
 def load_models(
@@ -336,6 +336,8 @@ def load_models(
     backend: str = "onnx",
     threads: int | None = None,
     conf: float = 0.25,
+    precision: Literal["fp32", "int8"] = "fp32",
+    int8_max_drop_points: float = 1.0,
 ) -> tuple[DetectorBackend, Recognizer]:
     """Load the detector and the classifier (with its open-set threshold and gallery) once per process.
 
@@ -348,6 +350,11 @@ def load_models(
         backend: runtime of both (``onnx``, ``openvino``, ``torch``, ``tensorrt``).
         threads: intra-op threads per model (None: the runtime's default).
         conf: detector confidence threshold in [0, 1].
+        precision: ``"int8"`` runs each model's INT8 variant (OpenVINO only) when its recorded
+            accuracy loss is within ``int8_max_drop_points``, else its FP32 one with a warning
+            (:func:`shelftally.int8.choose_int8`); the backend's ``precision`` and ``version``
+            (suffix ``-int8``) say which ran, and scans record that version.
+        int8_max_drop_points: the accuracy margin, percentage points of mAP50 / top-1.
 
     Returns:
         ``(detector, recognizer)``.
@@ -366,10 +373,18 @@ def load_models(
                 "are the detector and classifier directories swapped?",
                 reason="not_a_detector",
             )
-    key = (os.getpid(), str(Path(detector_dir).resolve()), str(Path(classifier_dir).resolve()), backend, threads)
+    if precision == "int8" and backend != "openvino":
+        raise ConfigurationError(f"precision int8 runs on the openvino backend, not {backend!r}",
+                                 reason="int8_needs_openvino")
+    key = (os.getpid(), str(Path(detector_dir).resolve()), str(Path(classifier_dir).resolve()), backend, threads,
+           conf, precision, int8_max_drop_points)
     if key not in _MODELS:
-        detector = load_detector(detector_dir, backend=backend, threads=threads, conf=conf)
-        recognizer = Recognizer.from_model_dir(classifier_dir, backend=backend, threads=threads)
+        openvino_precision: Literal["auto", "int8"] = "int8" if precision == "int8" else "auto"
+        detector = load_detector(detector_dir, backend=backend, threads=threads, conf=conf,
+                                 openvino_precision=openvino_precision, int8_max_drop_points=int8_max_drop_points)
+        recognizer = Recognizer.from_model_dir(classifier_dir, backend=backend, threads=threads,
+                                               openvino_precision=openvino_precision,
+                                               int8_max_drop_points=int8_max_drop_points)
         _MODELS[key] = (detector, recognizer)
         logger.info("loaded detector %s (%s) and classifier %s (%s) on %s",
                     detector_dir, detector.version, classifier_dir, recognizer.backend.version, backend)

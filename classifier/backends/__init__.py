@@ -77,7 +77,8 @@ def load(
     batch_size: int = 32,
     min_confidence: float = 0.0,
     warmup: bool = True,
-    openvino_precision: Literal["auto", "f32"] = "auto",
+    openvino_precision: Literal["auto", "f32", "int8"] = "auto",
+    int8_max_drop_points: float = 1.0,
     engine: EngineOptions | None = None,
 ) -> ClassifierBackend:
     """Load a classifier model directory into a runtime.
@@ -92,7 +93,10 @@ def load(
             with a fixed batch uses that batch instead.
         min_confidence: best-class probability below which a crop is unknown (0: never).
         warmup: run one batch at load and check the outputs against ``labels.json``.
-        openvino_precision: ``"auto"`` (bf16 where the CPU has it) or ``"f32"``; OpenVINO only.
+        openvino_precision: ``"auto"`` (bf16 where the CPU has it), ``"f32"``, or ``"int8"``
+            (the directory's INT8 model when its recorded accuracy loss is within
+            ``int8_max_drop_points``, else FP32 with a warning); OpenVINO only.
+        int8_max_drop_points: accuracy margin of INT8 in percentage points (:func:`shelftally.int8.choose_int8`).
         engine: TensorRT engine options (precision, cache, calibration); TensorRT only.
 
     Returns:
@@ -111,7 +115,8 @@ def load(
     cls = backend_class(backend)
     config = BackendConfig(
         device=device, threads=threads, batch_size=batch_size, min_confidence=min_confidence, warmup=warmup,
-        openvino_precision=openvino_precision, engine=engine or EngineOptions(),
+        openvino_precision=openvino_precision,
+        int8_max_drop_points=int8_max_drop_points, engine=engine or EngineOptions(),
     )
     directory = model_dir if isinstance(model_dir, ModelDir) else read_model_dir(model_dir)
     try:

@@ -107,6 +107,11 @@ class BackendConfig:
         warmup: run one batch at load (allocations, kernel selection) and check the outputs.
         openvino_precision: OpenVINO on the CPU: ``"auto"`` lets OpenVINO pick (bfloat16 on
             CPUs with native bf16), ``"f32"`` forces float32 (closest to the other backends).
+            ``"int8"``: the directory's NNCF INT8 model (``openvino-int8/``, made by ``quantize``)
+            when its recorded top-1 loss is within ``int8_max_drop_points``, else FP32
+            (``"auto"``) with a warning (:func:`shelftally.int8.choose_int8`).
+        int8_max_drop_points: the most top-1 accuracy, in percentage points on the recorded
+            evaluation set, an INT8 model may have lost against FP32 to be used.
         engine: TensorRT engine options (precision, cache, calibration).
     """
 
@@ -115,7 +120,8 @@ class BackendConfig:
     batch_size: int = 32
     min_confidence: float = 0.0
     warmup: bool = True
-    openvino_precision: Literal["auto", "f32"] = "auto"
+    openvino_precision: Literal["auto", "f32", "int8"] = "auto"
+    int8_max_drop_points: float = 1.0
     engine: EngineOptions = field(default_factory=EngineOptions)
 
     def __post_init__(self) -> None:
@@ -126,8 +132,12 @@ class BackendConfig:
             problems.append(f"threads: expected a positive integer or None, received {self.threads!r}")
         if not 0.0 <= float(self.min_confidence) <= 1.0:
             problems.append(f"min_confidence: expected a probability in [0, 1], received {self.min_confidence!r}")
-        if self.openvino_precision not in ("auto", "f32"):
-            problems.append(f"openvino_precision: expected 'auto' or 'f32', received {self.openvino_precision!r}")
+        if self.openvino_precision not in ("auto", "f32", "int8"):
+            problems.append(
+                f"openvino_precision: expected 'auto', 'f32' or 'int8', received {self.openvino_precision!r}"
+            )
+        if self.int8_max_drop_points < 0:
+            problems.append(f"int8_max_drop_points: expected >= 0, received {self.int8_max_drop_points}")
         if problems:
             raise ConfigurationError("; ".join(problems), reason="invalid_backend_config")
 
@@ -193,10 +203,13 @@ class ClassifierBackend(ABC):
         """Input preparation of the model."""
         return self.model_dir.preprocess
 
+    precision: str = "fp32"
+    """What runs: ``"fp32"``, or ``"int8"`` when the OpenVINO backend loaded the INT8 model."""
+
     @property
     def version(self) -> str:
         """Short content hash of the weights (:attr:`classifier.model_dir.ModelDir.version`, hashed once)."""
-        return self.model_dir.version
+        return self.model_dir.version + ("-int8" if self.precision == "int8" else "")
 
     @property
     def chunk_size(self) -> int:

@@ -13,6 +13,7 @@ The batch limit is read from the IR: a static batch dimension makes
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -21,6 +22,7 @@ from classifier.backends.base import ClassifierBackend, parse_cuda_device
 from classifier.errors import ModelLoadError
 from classifier.model_dir import ONNX_OUTPUTS, OPENVINO_XML
 from shelftally.errors import ConfigurationError
+from shelftally.int8 import openvino_model_path
 from shelftally.runtimes import import_runtime
 
 __all__ = ["OpenVinoBackend"]
@@ -51,9 +53,22 @@ class OpenVinoBackend(ClassifierBackend):
 
     name = "openvino"
 
+    def _model_path(self) -> tuple[Path, str]:
+        """The IR to load and its precision: INT8 only when asked for and :func:`shelftally.int8.choose_int8` allows.
+
+        Raises:
+            ModelLoadError: the FP32 ``openvino/model.xml`` is missing (it is also INT8's fallback).
+        """
+        self.model_dir.file(OPENVINO_XML)
+        path, precision = openvino_model_path(
+            self.model_dir.path, OPENVINO_XML, precision=self.config.openvino_precision,
+            max_drop_points=self.config.int8_max_drop_points, what="classifier",
+        )
+        return path, precision
+
     def _open(self) -> None:
         ov = import_runtime("openvino", extra="openvino", purpose="the openvino classifier backend")
-        path = self.model_dir.file(OPENVINO_XML)
+        path, self.precision = self._model_path()
         device = _device_name(self.config.device)
         config: dict[str, str | int] = {"PERFORMANCE_HINT": "LATENCY"}
         if self.config.threads:

@@ -85,7 +85,8 @@ def load(
     max_det: int = DEFAULT_MAX_DET,
     batch_size: int = 8,
     warmup: bool = True,
-    openvino_precision: Literal["auto", "f32"] = "auto",
+    openvino_precision: Literal["auto", "f32", "int8"] = "auto",
+    int8_max_drop_points: float = 1.0,
     engine: EngineOptions | None = None,
 ) -> DetectorBackend:
     """Load a detector model directory into a runtime.
@@ -102,7 +103,10 @@ def load(
         max_det: most detections per picture (``Detections.truncated`` tells when it bit).
         batch_size: pictures per network call.
         warmup: run one batch at load.
-        openvino_precision: ``"auto"`` (bf16 where the CPU has it) or ``"f32"``; OpenVINO only.
+        openvino_precision: ``"auto"`` (bf16 where the CPU has it), ``"f32"``, or ``"int8"``
+            (the directory's INT8 model when its recorded accuracy loss is within
+            ``int8_max_drop_points``, else FP32 with a warning); OpenVINO only.
+        int8_max_drop_points: accuracy margin of INT8 in percentage points (:func:`shelftally.int8.choose_int8`).
         engine: TensorRT engine options (precision, cache, calibration).
 
     Returns:
@@ -119,7 +123,8 @@ def load(
     cls = backend_class(backend)
     config = BackendConfig(
         device=device, threads=threads, conf=conf, iou=iou, max_det=max_det, batch_size=batch_size,
-        warmup=warmup, openvino_precision=openvino_precision, engine=engine or EngineOptions(),
+        warmup=warmup, openvino_precision=openvino_precision,
+        int8_max_drop_points=int8_max_drop_points, engine=engine or EngineOptions(),
     )
     try:
         return cls(directory, config)

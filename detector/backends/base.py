@@ -117,6 +117,11 @@ class BackendConfig:
         openvino_precision: OpenVINO on the CPU: ``"auto"`` lets OpenVINO pick (bfloat16 on CPUs
             with native bf16, AMX / AVX-512 BF16: about twice as fast as fp32 on this project's
             machines, boxes within IoU 0.99 of fp32); ``"f32"`` forces fp32.
+            ``"int8"``: the directory's NNCF INT8 model (``openvino-int8/``, made by ``quantize``)
+            when its recorded accuracy loss is within ``int8_max_drop_points``, else FP32 (``"auto"``)
+            with a warning (:func:`shelftally.int8.choose_int8`).
+        int8_max_drop_points: the most accuracy (percentage points of mAP50 / top-1 on the recorded
+            evaluation sets) an INT8 model may have lost against FP32 to be used.
         engine: TensorRT engine options.
     """
 
@@ -127,7 +132,8 @@ class BackendConfig:
     max_det: int = DEFAULT_MAX_DET
     batch_size: int = 8
     warmup: bool = True
-    openvino_precision: Literal["auto", "f32"] = "auto"
+    openvino_precision: Literal["auto", "f32", "int8"] = "auto"
+    int8_max_drop_points: float = 1.0
     engine: EngineOptions = field(default_factory=EngineOptions)
 
     def __post_init__(self) -> None:
@@ -139,9 +145,14 @@ class BackendConfig:
             raise ConfigurationError(
                 f"batch_size: expected a positive integer, received {self.batch_size}", reason="invalid_backend_config"
             )
-        if self.openvino_precision not in ("auto", "f32"):
+        if self.openvino_precision not in ("auto", "f32", "int8"):
             raise ConfigurationError(
-                f"openvino_precision: expected 'auto' or 'f32', received {self.openvino_precision!r}",
+                f"openvino_precision: expected 'auto', 'f32' or 'int8', received {self.openvino_precision!r}",
+                reason="invalid_backend_config",
+            )
+        if self.int8_max_drop_points < 0:
+            raise ConfigurationError(
+                f"int8_max_drop_points: expected >= 0, received {self.int8_max_drop_points}",
                 reason="invalid_backend_config",
             )
         if self.threads is not None and self.threads < 1:
@@ -207,10 +218,13 @@ class DetectorBackend(ABC):
         """Input preparation of the model."""
         return self.model_dir.preprocess
 
+    precision: str = "fp32"
+    """What runs: ``"fp32"``, or ``"int8"`` when the OpenVINO backend loaded the INT8 model."""
+
     @property
     def version(self) -> str:
         """Short content hash of the weights (:attr:`detector.model_dir.ModelDir.version`)."""
-        return self.model_dir.version
+        return self.model_dir.version + ("-int8" if self.precision == "int8" else "")
 
     @property
     def chunk_size(self) -> int:

@@ -24,6 +24,7 @@ from detector.errors import ModelLoadError
 from detector.model_dir import OPENVINO_SOURCE, OPENVINO_XML
 from shelftally.errors import ConfigurationError
 from shelftally.files import sha256_file
+from shelftally.int8 import openvino_model_path
 from shelftally.runtimes import import_runtime
 
 __all__ = ["OpenVinoBackend"]
@@ -75,10 +76,24 @@ class OpenVinoBackend(DetectorBackend):
 
     name = "openvino"
 
+    def _model_path(self) -> tuple[Path, str]:
+        """The IR to load and its precision: INT8 only when asked for and :func:`shelftally.int8.choose_int8` allows.
+
+        Raises:
+            ModelLoadError: the FP32 ``openvino/model.xml`` is missing (it is also INT8's fallback).
+        """
+        self.model_dir.file(OPENVINO_XML)
+        path, precision = openvino_model_path(
+            self.model_dir.path, OPENVINO_XML, precision=self.config.openvino_precision,
+            max_drop_points=self.config.int8_max_drop_points, what="detector",
+        )
+        if precision == "fp32":
+            _check_source(self.model_dir.path)
+        return path, precision
+
     def _open(self) -> None:
         ov = import_runtime("openvino", extra="openvino", purpose="the openvino detector backend")
-        path = self.model_dir.file(OPENVINO_XML)
-        _check_source(self.model_dir.path)
+        path, self.precision = self._model_path()
         device = _device_name(self.config.device)
         config: dict[str, str | int] = {"PERFORMANCE_HINT": "LATENCY"}
         if self.config.threads:

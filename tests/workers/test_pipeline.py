@@ -335,3 +335,25 @@ def test_swapped_model_directories_are_named_as_such(tiny_detector: Path, toy_cl
     with pytest.raises(ConfigurationError) as caught:
         load_models(toy_classifier, tiny_detector)
     assert caught.value.reason == "not_a_detector" and "swapped" in str(caught.value)
+
+
+@pytest.mark.slow
+def test_int8_needs_openvino_and_falls_back_to_fp32_without_an_int8_model(
+    tiny_detector: Path, toy_classifier: Path, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    import shutil
+
+    from classifier.export import export_openvino
+    from shelftally.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError) as caught:
+        load_models(tiny_detector, toy_classifier, backend="onnx", precision="int8")
+    assert caught.value.reason == "int8_needs_openvino"
+    classifier = tmp_path / "classifier"
+    shutil.copytree(toy_classifier, classifier)
+    export_openvino(classifier / "model.onnx")
+    with caplog.at_level("WARNING"):
+        detector, recognizer = load_models(tiny_detector, classifier, backend="openvino", precision="int8",
+                                           threads=1)
+    assert detector.precision == recognizer.backend.precision == "fp32"
+    assert caplog.text.count("int8_missing") == 2
