@@ -15,6 +15,7 @@ Usage::
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,10 @@ from classifier.backends.openvino import OpenVinoBackend
 from classifier.dataset import ImageDataset, load_image
 from classifier.errors import ClassifierError
 from classifier.export import export_openvino
-from classifier.model_dir import OPENVINO_XML, WEIGHTS_ONNX, read_model_dir
+from classifier.model_dir import WEIGHTS_ONNX, read_model_dir
 from classifier.preprocess import prepare_batch
 from shelftally.files import sha256_file
-from shelftally.int8 import INT8_DIR, INT8_XML, Int8Record, quantize_openvino, write_record
+from shelftally.int8 import INT8_DIR, Int8Record, install, quantize_openvino, write_record
 
 __all__ = ["quantize_classifier", "top1"]
 
@@ -46,11 +47,14 @@ def _stage_progress(
     return lambda done, total: report(stage, done, total)
 
 
+STAGED_DIR = f"{INT8_DIR}.staged"
+
+
 class _Int8Candidate(OpenVinoBackend):
-    """The OpenVINO backend on the INT8 model just written, before its record lets the gate accept it."""
+    """The OpenVINO backend on the INT8 model just made (``openvino-int8.staged/``), before it is scored."""
 
     def _model_path(self) -> tuple[Path, str]:
-        return self.model_dir.file(INT8_XML), "int8"
+        return self.model_dir.file(f"{STAGED_DIR}/model.xml"), "int8"
 
 
 def top1(
@@ -62,12 +66,16 @@ def top1(
     ``min_confidence`` is 0); an item whose class is not among the model's labels counts as wrong.
 
     Raises:
-        ClassifierError: the dataset is empty (reason ``empty_dataset``).
+        ClassifierError: the dataset is empty (reason ``empty_dataset``), or none of its classes
+            is one of the model's SKU codes (``no_known_sku``: a score of 0 would prove nothing).
     """
     if not dataset.items:
         raise ClassifierError(f"{dataset.root}: no pictures to score", reason="empty_dataset")
     index_of = {code: i for i, code in enumerate(backend.labels)}
     truth = np.array([index_of.get(dataset.class_names[item.class_index], -2) for item in dataset.items])
+    if (truth < 0).all():
+        raise ClassifierError(f"{dataset.root}: none of its classes {dataset.class_names[:5]} is one of the model's "
+                              "SKU codes (labels.json)", reason="no_known_sku")
     predicted: list[int] = []
     for start in range(0, len(dataset.items), batch):
         crops = [load_image(item.path) for item in dataset.items[start:start + batch]]
@@ -93,7 +101,7 @@ def quantize_classifier(
 
     Args:
         model_dir: the classifier model directory (needs ``model.onnx``; its FP32
-            ``openvino/model.xml`` is converted from it when missing).
+            ``openvino/model.xml`` is converted from it again, so that it matches).
         calibration: pictures to calibrate on (training pictures; never the evaluation ones).
         evaluation: labelled pictures to score on (classes named by SKU code, as in ``labels.json``).
         calibration_pictures: at most this many, drawn at random (``seed``).
@@ -106,14 +114,19 @@ def quantize_classifier(
     Returns:
         The record written to ``openvino-int8/int8.json``.
 
+    The new model and its record replace ``openvino-int8/`` in one rename at the end; until
+    then (and when anything fails) the previous INT8 model and record stay as they were. The
+    record scores the logits' top-1 only: the open-set threshold and gallery prototypes were
+    made from FP32 embeddings and are used unchanged with INT8.
+
     Raises:
-        ClassifierError: no calibration or evaluation pictures.
+        ClassifierError: no calibration or evaluation pictures, or no evaluation class the model knows.
+        QuantizationError: NNCF / OpenVINO could not quantise the model.
         ModelLoadError, MissingDependencyError: from the model directory or missing nncf / openvino.
     """
     model = read_model_dir(model_dir)
-    model.file(WEIGHTS_ONNX)
-    if not (model.path / OPENVINO_XML).is_file():  # the FP32 IR: the baseline, and the fallback of INT8
-        export_openvino(model.path / WEIGHTS_ONNX)
+    source_sha256 = sha256_file(model.file(WEIGHTS_ONNX))  # before anything: the weights this record is about
+    export_openvino(model.path / WEIGHTS_ONNX)  # the FP32 IR, from the current weights: baseline and fallback
     if not calibration.items:
         raise ClassifierError(f"{calibration.root}: no calibration pictures", reason="empty_dataset")
     rng = np.random.default_rng(seed)
@@ -124,19 +137,29 @@ def quantize_classifier(
         batches.append(prepare_batch([load_image(calibration.items[i].path)], model.preprocess))
         if progress is not None:
             progress("calibration pictures", done, len(chosen))
-    quantize_openvino(model.path / WEIGHTS_ONNX, model.path / INT8_DIR, batches)
-    scores: dict[str, Any] = {"pictures": len(evaluation.items)}
-    for name in ("fp32", "int8"):
+    staged = model.path / STAGED_DIR
+    shutil.rmtree(staged, ignore_errors=True)
+    try:
+        quantize_openvino(model.path / WEIGHTS_ONNX, staged, batches)
+        scores: dict[str, Any] = {"pictures": len(evaluation.items)}
         config = BackendConfig(threads=threads, openvino_precision="f32")
-        backend = OpenVinoBackend(model, config) if name == "fp32" else _Int8Candidate(model, config)
-        scores[name] = round(top1(backend, evaluation, progress=_stage_progress(progress, f"top-1 {name}")), 4)
-    set_name = evaluation_name or f"{evaluation.root.name}/{evaluation.split or 'val'}"
-    record = Int8Record(
-        source=WEIGHTS_ONNX, source_sha256=sha256_file(model.path / WEIGHTS_ONNX),
-        method="NNCF post-training quantisation (nncf.quantize, MIXED preset), OpenVINO IR",
-        calibration={"source": f"{calibration.root}:{calibration.split}", "pictures": len(batches),
-                     "available": len(calibration.items)},
-        metric="top1", evaluations={set_name: scores}, command=command,
-    )
-    write_record(model.path, record)
+        for name in ("fp32", "int8"):
+            backend = OpenVinoBackend(model, config) if name == "fp32" else _Int8Candidate(model, config)
+            try:
+                scores[name] = round(top1(backend, evaluation, progress=_stage_progress(progress, f"top-1 {name}")), 4)
+            finally:
+                backend.close()
+        set_name = evaluation_name or f"{evaluation.root.name}/{evaluation.split or 'val'}"
+        record = Int8Record(
+            source=WEIGHTS_ONNX, source_sha256=source_sha256,
+            method="NNCF post-training quantisation (nncf.quantize, MIXED preset), OpenVINO IR",
+            calibration={"source": f"{calibration.root}:{calibration.split}", "pictures": len(batches),
+                         "available": len(calibration.items)},
+            metric="top1", evaluations={set_name: scores}, command=command,
+        )
+        write_record(model.path, record, folder=staged)  # the record goes in with its model, in one rename
+        install(model.path, staged)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)  # the previous INT8 model and record stay
+        raise
     return record

@@ -20,8 +20,9 @@ Usage::
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -37,12 +38,20 @@ from detector.backends.openvino import OpenVinoBackend
 from detector.dataset import prepare_dataset
 from detector.errors import DatasetError
 from detector.export import export_openvino
-from detector.model_dir import OPENVINO_XML, WEIGHTS_ONNX, read_model_dir
+from detector.model_dir import WEIGHTS_ONNX, read_model_dir
 from detector.preprocess import letterbox
 from shelftally.files import sha256_file
-from shelftally.int8 import INT8_DIR, INT8_XML, Int8Record, head_scope_patterns, quantize_openvino, write_record
+from shelftally.int8 import INT8_DIR, Int8Record, head_scope_patterns, install, quantize_openvino, write_record
 
-__all__ = ["EvaluationSet", "evaluate_backend", "parse_evaluation_set", "quantize_detector", "split_pictures"]
+__all__ = [
+    "EvaluationSet",
+    "calibration_batches",
+    "evaluate_backend",
+    "evaluate_backends",
+    "parse_evaluation_set",
+    "quantize_detector",
+    "split_pictures",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -61,11 +70,14 @@ def _stage_progress(
     return lambda done, total: report(stage, done, total)
 
 
+STAGED_DIR = f"{INT8_DIR}.staged"
+
+
 class _Int8Candidate(OpenVinoBackend):
-    """The OpenVINO backend on the INT8 model just written, before its record lets the gate accept it."""
+    """The OpenVINO backend on the INT8 model just made (``openvino-int8.staged/``), before it is scored."""
 
     def _model_path(self) -> tuple[Path, str]:
-        return self.model_dir.file(INT8_XML), "int8"
+        return self.model_dir.file(f"{STAGED_DIR}/model.xml"), "int8"
 
 
 @dataclass(frozen=True)
@@ -88,16 +100,24 @@ class EvaluationSet:
         return self.name or f"{self.data_yaml.resolve().parent.name}/{self.split}"
 
 
+SPLITS = ("train", "val", "test")
+
+
 def parse_evaluation_set(text: str) -> EvaluationSet:
     """``DATA.yaml:split`` (split ``test`` when omitted) -> :class:`EvaluationSet`.
 
     Raises:
-        ValueError: empty path or an unknown split.
+        ValueError: empty path, or a split other than train, val or test (``:valid`` included:
+            Roboflow's ``valid`` folder is the ``val`` split of its data.yaml).
     """
-    path, _, split = text.rpartition(":") if text.rsplit(":", 1)[-1] in ("train", "val", "test") else (text, "", "test")
+    path, colon, split = text.rpartition(":")
+    if not colon or "/" in split or split.endswith((".yaml", ".yml")):
+        path, split = text, "test"
+    if split not in SPLITS:
+        raise ValueError(f"{text!r}: unknown split {split!r}; expected DATA.yaml[:train|val|test]")
     if not path:
         raise ValueError(f"expected DATA.yaml[:train|val|test], received {text!r}")
-    return EvaluationSet(Path(path), split or "test")
+    return EvaluationSet(Path(path), split)
 
 
 def split_pictures(prepared_root: Path, split: str) -> list[tuple[Path, Path]]:
@@ -132,24 +152,39 @@ def evaluate_backend(
     backend: Any, data_yaml: str | Path, *, split: str = "test", agnostic: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Score a loaded detector backend on one split of a YOLO dataset.
+    """Score one loaded detector backend on one split (:func:`evaluate_backends` with one backend)."""
+    return evaluate_backends({"model": backend}, data_yaml, split=split, agnostic=agnostic, progress=progress)["model"]
+
+
+def evaluate_backends(
+    backends: Mapping[str, Any], data_yaml: str | Path, *, split: str = "test", agnostic: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Score loaded detector backends on one split of a YOLO dataset, each picture decoded once for all.
+
+    Comparable with, not identical to, ``shelftally detector evaluate`` (ultralytics' validator
+    on the ``.pt``): the backends letterbox to their square input, and their NMS keeps one
+    class per box and is class-aware also when ``agnostic`` merges the classes afterwards,
+    where the validator uses rectangular batches, multi-label and (``single_cls``) agnostic
+    NMS. On the test detector the two agree within a few points; for FP32 against INT8 the
+    same code scores both, so the difference is the quantisation's.
 
     Args:
-        backend: a :class:`detector.backends.DetectorBackend` loaded with ``conf=0.001``,
-            ``iou=0.7``, ``max_det=300`` (ultralytics' validation settings) for scores
-            comparable with ``shelftally detector evaluate``.
+        backends: name -> :class:`detector.backends.DetectorBackend`, loaded with
+            ``conf=0.001``, ``iou=0.7``, ``max_det=300`` (ultralytics' validation settings).
         data_yaml: the dataset's YAML (polygons, Roboflow paths: prepared as for training).
         split: the split to score.
         agnostic: every class counts as one (ultralytics ``single_cls``).
         progress: called with ``(done, total)`` after each picture.
 
     Returns:
-        ``{"images", "boxes", "mAP50", "mAP50-95", "precision", "recall"}`` (precision and
-        recall at the confidence with the best mean F1, as ultralytics reports them).
+        Per name ``{"images", "boxes", "mAP50", "mAP50-95", "precision", "recall"}`` (precision
+        and recall at the confidence with the best mean F1, as ultralytics reports them).
 
     Raises:
-        DatasetError: the split has no pictures, a picture cannot be decoded, or the model's
-            classes are not the dataset's (and ``agnostic`` is False).
+        DatasetError: the split has no pictures (``missing_split``) or no labelled box
+            (``no_labels``: a score of 0 would prove nothing), a picture cannot be decoded,
+            or the model's classes are not the dataset's (and ``agnostic`` is False).
         MissingDependencyError: ultralytics / torch are not installed.
     """
     configure_offline()
@@ -157,56 +192,68 @@ def evaluate_backend(
     from ultralytics.engine.validator import BaseValidator
     from ultralytics.utils.metrics import ap_per_class, box_iou
 
+    matcher = SimpleNamespace(iouv=torch.linspace(0.5, 0.95, 10))
+    stats: dict[str, dict[str, list[npt.NDArray[Any]]]] = {
+        name: {"tp": [], "conf": [], "pred_cls": [], "target_cls": []} for name in backends
+    }
+    boxes_total = 0
     with tempfile.TemporaryDirectory(prefix="shelftally-eval-") as work:
         report = prepare_dataset(data_yaml, Path(work) / "data")
         if split not in report.splits or report.splits[split].images == 0:
             raise DatasetError(f"{data_yaml} has no {split!r} images", reason="missing_split")
-        if not agnostic and list(report.names) != list(backend.labels):
-            raise DatasetError(
-                f"the model's classes are not the dataset's {list(report.names)[:5]}; score with agnostic=True",
-                reason="class_mismatch",
-            )
+        for backend in backends.values():
+            if not agnostic and list(report.names) != list(backend.labels):
+                raise DatasetError(
+                    f"the model's classes are not the dataset's {list(report.names)[:5]}; score with agnostic=True",
+                    reason="class_mismatch",
+                )
         pairs = split_pictures(Path(work) / "data", split)
-        matcher = SimpleNamespace(iouv=torch.linspace(0.5, 0.95, 10))
-        stats: dict[str, list[npt.NDArray[Any]]] = {"tp": [], "conf": [], "pred_cls": [], "target_cls": []}
-        boxes_total = 0
         for index, (image_path, label_path) in enumerate(pairs):
             image = _read_rgb(image_path)
             truth, truth_cls = _labels_xyxy(label_path, image.shape[1], image.shape[0])
-            found = backend.predict([image])[0]
-            order = np.argsort(-found.confidence, kind="stable")
-            xyxy, conf, cls = found.xyxy[order], found.confidence[order], found.class_id[order].astype(np.int64)
             if agnostic:
-                cls, truth_cls = np.zeros_like(cls), np.zeros_like(truth_cls)
+                truth_cls = np.zeros_like(truth_cls)
             boxes_total += len(truth)
-            if len(truth) and len(xyxy):
-                iou = box_iou(torch.from_numpy(truth), torch.from_numpy(xyxy))
-                tp = BaseValidator.match_predictions(
-                    matcher, torch.from_numpy(cls), torch.from_numpy(truth_cls), iou  # type: ignore[arg-type]
-                ).numpy()
-            else:
-                tp = np.zeros((len(xyxy), 10), dtype=bool)
-            stats["tp"].append(tp)
-            stats["conf"].append(conf)
-            stats["pred_cls"].append(cls)
-            stats["target_cls"].append(truth_cls)
+            for name, backend in backends.items():
+                found = backend.predict([image])[0]
+                order = np.argsort(-found.confidence, kind="stable")
+                xyxy, conf, cls = found.xyxy[order], found.confidence[order], found.class_id[order].astype(np.int64)
+                if agnostic:
+                    cls = np.zeros_like(cls)
+                if len(truth) and len(xyxy):
+                    iou = box_iou(torch.from_numpy(truth), torch.from_numpy(xyxy))
+                    tp = BaseValidator.match_predictions(
+                        matcher, torch.from_numpy(cls), torch.from_numpy(truth_cls), iou  # type: ignore[arg-type]
+                    ).numpy()
+                else:
+                    tp = np.zeros((len(xyxy), 10), dtype=bool)
+                for key, value in (("tp", tp), ("conf", conf), ("pred_cls", cls), ("target_cls", truth_cls)):
+                    stats[name][key].append(value)
             if progress is not None:
                 progress(index + 1, len(pairs))
-    joined = {key: np.concatenate(value, axis=0) for key, value in stats.items()}
-    result: dict[str, Any] = {"images": len(pairs), "boxes": boxes_total}
-    if not len(joined["target_cls"]) or not len(joined["tp"]):
-        return result | {"mAP50": 0.0, "mAP50-95": 0.0, "precision": 0.0, "recall": 0.0}
-    _, _, precision, recall, _, ap, *_ = ap_per_class(
-        joined["tp"], joined["conf"], joined["pred_cls"], joined["target_cls"]
-    )
-    return result | {
-        "mAP50": round(float(ap[:, 0].mean()), 4), "mAP50-95": round(float(ap.mean()), 4),
-        "precision": round(float(precision.mean()), 4), "recall": round(float(recall.mean()), 4),
-    }
+    if boxes_total == 0:
+        raise DatasetError(f"{data_yaml} split {split!r} has no labelled box to score against", reason="no_labels")
+    results: dict[str, dict[str, Any]] = {}
+    for name, collected in stats.items():
+        joined = {key: np.concatenate(value, axis=0) for key, value in collected.items()}
+        result: dict[str, Any] = {"images": len(pairs), "boxes": boxes_total, "agnostic": agnostic,
+                                  "conf": VAL_CONF, "iou": VAL_IOU}
+        if not len(joined["tp"]):
+            results[name] = result | {"mAP50": 0.0, "mAP50-95": 0.0, "precision": 0.0, "recall": 0.0}
+            continue
+        _, _, precision, recall, _, ap, *_ = ap_per_class(
+            joined["tp"], joined["conf"], joined["pred_cls"], joined["target_cls"]
+        )
+        results[name] = result | {
+            "mAP50": round(float(ap[:, 0].mean()), 4), "mAP50-95": round(float(ap.mean()), 4),
+            "precision": round(float(precision.mean()), 4), "recall": round(float(recall.mean()), 4),
+        }
+    return results
 
 
 def calibration_batches(
-    model_dir: str | Path, data_yaml: str | Path, *, split: str = "train", pictures: int = 300, seed: int = 0
+    model_dir: str | Path, data_yaml: str | Path, *, split: str = "train", pictures: int = 300, seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[npt.NDArray[np.float32]], int]:
     """Letterboxed network inputs of up to ``pictures`` pictures drawn at random (seeded) from a split.
 
@@ -215,17 +262,22 @@ def calibration_batches(
         pictures the split has.
 
     Raises:
-        DatasetError: the split has no pictures or one cannot be decoded.
+        DatasetError: the split is missing or has no pictures (``missing_split``), or one
+            cannot be decoded.
     """
     model = read_model_dir(model_dir)
     with tempfile.TemporaryDirectory(prefix="shelftally-calib-") as work:
         report = prepare_dataset(data_yaml, Path(work) / "data")
-        if split not in report.splits:
-            raise DatasetError(f"{data_yaml} has no {split!r} split for calibration", reason="missing_split")
-        pairs = split_pictures(Path(work) / "data", split)
+        pairs = split_pictures(Path(work) / "data", split) if split in report.splits else []
+        if not pairs:
+            raise DatasetError(f"{data_yaml} has no {split!r} pictures to calibrate on", reason="missing_split")
         rng = np.random.default_rng(seed)
         chosen = sorted(rng.choice(len(pairs), size=min(pictures, len(pairs)), replace=False).tolist())
-        batches = [letterbox([_read_rgb(pairs[i][0])], model.preprocess)[0] for i in chosen]
+        batches = []
+        for i in chosen:
+            batches.append(letterbox([_read_rgb(pairs[i][0])], model.preprocess)[0])
+            if progress is not None:
+                progress(len(batches), len(chosen))
     return batches, len(pairs)
 
 
@@ -245,7 +297,7 @@ def quantize_detector(
 
     Args:
         model_dir: the detector model directory (needs ``model.onnx``; its FP32
-            ``openvino/model.xml`` is converted from it when missing).
+            ``openvino/model.xml`` is converted from it again, so that it matches).
         data_yaml: the dataset whose ``calibration_split`` pictures calibrate (never the evaluation pictures).
         evaluations: labelled sets scored with FP32 and INT8 (at least one).
         calibration_split: the split calibration pictures come from.
@@ -258,44 +310,65 @@ def quantize_detector(
     Returns:
         The record written to ``openvino-int8/int8.json``.
 
+    The new model and its record replace ``openvino-int8/`` in one rename at the end; until
+    then (and when anything fails) the previous INT8 model and record stay as they were.
+
     Raises:
-        ValueError: no evaluation set.
-        DatasetError, ModelLoadError, MissingDependencyError: from the dataset, the model
-            directory, or missing nncf / openvino / ultralytics.
+        ValueError: no evaluation set, two with the same name, or one that is the calibration split.
+        DatasetError: a dataset or split is missing, or has no labelled box.
+        QuantizationError: NNCF / OpenVINO could not quantise the model.
+        ModelLoadError, MissingDependencyError: from the model directory, or missing nncf /
+            openvino / ultralytics.
     """
     if not evaluations:
         raise ValueError("quantize_detector needs at least one evaluation set (DATA.yaml:split)")
-    model = read_model_dir(model_dir)
-    model.file(WEIGHTS_ONNX)
-    if not (model.path / OPENVINO_XML).is_file():  # the FP32 IR: the baseline, and the fallback of INT8
-        export_openvino(model.path)
-    batches, available = calibration_batches(model.path, data_yaml, split=calibration_split,
-                                             pictures=calibration_pictures)
-    if progress is not None:
-        progress("calibrate", 0, len(batches))
-    quantize_openvino(model.path / WEIGHTS_ONNX, model.path / INT8_DIR, batches, ignored_patterns=head_scope_patterns)
-    results: dict[str, dict[str, Any]] = {}
+    labels = [evaluation.label for evaluation in evaluations]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"evaluation sets need distinct names, received {labels}")
     for evaluation in evaluations:
-        scores: dict[str, Any] = {}
-        for precision in ("fp32", "int8"):
-            config = BackendConfig(threads=threads, conf=VAL_CONF, iou=VAL_IOU, max_det=VAL_MAX_DET, batch_size=1,
-                                   openvino_precision="f32")
-            backend = OpenVinoBackend(model, config) if precision == "fp32" else _Int8Candidate(model, config)
-            stage = f"{evaluation.label} {precision}"
-            scored = evaluate_backend(
-                backend, evaluation.data_yaml, split=evaluation.split, agnostic=agnostic,
-                progress=_stage_progress(progress, stage),
-            )
-            scores[precision] = scored["mAP50"]
-            scores[f"{precision}_detail"] = scored
-            scores["pictures"] = scored["images"]
-        results[evaluation.label] = scores
-    record = Int8Record(
-        source=WEIGHTS_ONNX, source_sha256=sha256_file(model.path / WEIGHTS_ONNX),
-        method="NNCF post-training quantisation (nncf.quantize, MIXED preset), OpenVINO IR; "
-               "detection head's box decoding kept in FP32",
-        calibration={"source": f"{data_yaml}:{calibration_split}", "pictures": len(batches), "available": available},
-        metric="mAP50", evaluations=results, command=command,
-    )
-    write_record(model.path, record)
+        if not evaluation.data_yaml.is_file():
+            raise DatasetError(f"{evaluation.data_yaml} does not exist", reason="missing_dataset")
+        if evaluation.data_yaml.resolve() == Path(data_yaml).resolve() and evaluation.split == calibration_split:
+            raise ValueError(f"{evaluation.label}: the calibration pictures cannot also be the evaluation pictures")
+    model = read_model_dir(model_dir)
+    source_sha256 = sha256_file(model.file(WEIGHTS_ONNX))  # before anything: the weights this record is about
+    export_openvino(model.path)  # the FP32 IR, from the current weights: the baseline, and INT8's fallback
+    batches, available = calibration_batches(model.path, data_yaml, split=calibration_split,
+                                             pictures=calibration_pictures,
+                                             progress=_stage_progress(progress, "calibration pictures"))
+    staged = model.path / STAGED_DIR
+    shutil.rmtree(staged, ignore_errors=True)
+    try:
+        _, kept = quantize_openvino(model.path / WEIGHTS_ONNX, staged, batches, ignored_patterns=head_scope_patterns)
+        if not kept:
+            logger.warning("%s: no detection-head node found to keep in FP32 (not a YOLOv8-style export?); "
+                           "every layer was quantised", model.path)
+        results: dict[str, dict[str, Any]] = {}
+        config = BackendConfig(threads=threads, conf=VAL_CONF, iou=VAL_IOU, max_det=VAL_MAX_DET, batch_size=1,
+                               openvino_precision="f32")
+        backends = {"fp32": OpenVinoBackend(model, config), "int8": _Int8Candidate(model, config)}
+        try:
+            for evaluation in evaluations:
+                scored = evaluate_backends(backends, evaluation.data_yaml, split=evaluation.split, agnostic=agnostic,
+                                           progress=_stage_progress(progress, f"score {evaluation.label}"))
+                results[evaluation.label] = {
+                    "fp32": scored["fp32"]["mAP50"], "int8": scored["int8"]["mAP50"],
+                    "pictures": scored["fp32"]["images"], "fp32_detail": scored["fp32"], "int8_detail": scored["int8"],
+                }
+        finally:
+            for backend in backends.values():
+                backend.close()
+        record = Int8Record(
+            source=WEIGHTS_ONNX, source_sha256=source_sha256,
+            method="NNCF post-training quantisation (nncf.quantize, MIXED preset), OpenVINO IR; "
+                   f"{len(kept)} detection-head nodes (box decoding) kept in FP32",
+            calibration={"source": f"{data_yaml}:{calibration_split}", "pictures": len(batches),
+                         "available": available},
+            metric="mAP50", evaluations=results, command=command,
+        )
+        write_record(model.path, record, folder=staged)  # the record goes in with its model, in one rename
+        install(model.path, staged)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)  # the previous INT8 model and record stay
+        raise
     return record

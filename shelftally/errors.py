@@ -56,6 +56,12 @@ class EngineCacheError(ShelfTallyError):
     reason = "engine_cache_corrupt"
 
 
+class QuantizationError(ShelfTallyError):
+    """INT8 quantisation could not be done (no calibration pictures, the runtime refused the model, ...)."""
+
+    reason = "quantization_failed"
+
+
 class InvalidImageError(ShelfTallyError):
     """A picture cannot be turned into pixels; ``reason`` says why (the bytes are at fault, not the caller).
 

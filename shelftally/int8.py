@@ -1,31 +1,38 @@
 """INT8 post-training quantisation for the CPU, and the accuracy gate that decides whether it is used.
 
 Shared by :mod:`detector.quantize` and :mod:`classifier.quantize`. A model directory's INT8
-variant is an OpenVINO IR quantised with NNCF (``nncf.quantize``: 8-bit per-channel symmetric
-weights, 8-bit activations whose ranges are calibrated on real pictures, ``MIXED`` preset:
-asymmetric activations where they follow a ReLU-free op). It lives beside the FP32 files::
+variant is an OpenVINO IR quantised with NNCF (``nncf.quantize``, ``MIXED`` preset: 8-bit
+per-channel symmetric weights, 8-bit asymmetric activations whose ranges are calibrated on real
+pictures).
+It lives beside the FP32 files::
 
     openvino-int8/model.xml, model.bin   the quantised network (same inputs and outputs as model.onnx)
     openvino-int8/int8.json              its record: source hash, calibration, FP32 and INT8 accuracy
 
-The record holds the accuracy of FP32 and INT8 measured by the same code on the same labelled
-pictures (detector: mAP50 per evaluation set; classifier: top-1), so a deployment can refuse an
-INT8 model that lost too much: :func:`choose_int8` uses the INT8 file only when every recorded
-delta is within ``max_drop_points`` percentage points and the record was made from the
-directory's current ``model.onnx``.
+Both run with OpenVINO's ``INFERENCE_PRECISION_HINT=f32`` (the layers left unquantised stay
+FP32, also on CPUs with bfloat16), when scored and when deployed. The record holds the accuracy
+of FP32 and INT8 measured by the same code on the same labelled pictures (detector: mAP50 per
+evaluation set; classifier: top-1), so a deployment can refuse an INT8 model that lost too
+much: :func:`choose_int8` uses the INT8 file only when every recorded delta is within
+``max_drop_points`` percentage points and the record was made from the directory's current
+``model.onnx``.
 
-Why OpenVINO + NNCF rather than ONNX Runtime's ``quantize_static``: on this project's 2-core
-AMD EPYC (AVX2 and FMA, no AVX-512 or VNNI) the product-agnostic detector at 320 px ran in
-about 30 ms quantised with NNCF under OpenVINO, 45 ms as an ONNX Runtime QDQ model under
-OpenVINO and 56 ms under ONNX Runtime, against 78-92 ms in FP32 (``bench/int8.py`` measures
-it again).
+Why OpenVINO + NNCF rather than ONNX Runtime's ``quantize_static``: in a one-off comparison
+while choosing (2-core AMD EPYC, AVX2, no AVX-512 or VNNI, a training job sharing the cores; not
+a command in this repository), the product-agnostic detector at 320 px ran about 2.6x faster
+than FP32 as an NNCF model under OpenVINO and about 1.4x as an ONNX Runtime QDQ model under ONNX
+Runtime. ``bench/int8.py`` measures the chosen path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import re
+import shutil
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -35,7 +42,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from shelftally.errors import ConfigurationError
+from shelftally.errors import ConfigurationError, QuantizationError
 from shelftally.files import sha256_file
 from shelftally.runtimes import import_runtime
 
@@ -47,6 +54,7 @@ __all__ = [
     "Int8Record",
     "choose_int8",
     "head_scope_patterns",
+    "install",
     "openvino_model_path",
     "quantize_openvino",
     "read_record",
@@ -101,31 +109,43 @@ class Int8Record:
         return max(0.0, -min(deltas.values()))
 
 
-def write_record(model_root: Path, record: Int8Record) -> Path:
-    """Write ``openvino-int8/int8.json`` (with the per-set deltas, for people reading it) and return its path."""
-    path = model_root / INT8_RECORD
+def write_record(model_root: Path, record: Int8Record, *, folder: Path | None = None) -> Path:
+    """Write ``openvino-int8/int8.json`` (with the per-set deltas, for people reading it) and return its path.
+
+    ``folder``: write ``int8.json`` there instead (a staged INT8 folder, see :func:`install`).
+    """
+    path = (folder / "int8.json") if folder is not None else model_root / INT8_RECORD
     path.parent.mkdir(parents=True, exist_ok=True)
     data = asdict(record) | {"delta_points": record.delta_points()}
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return path
 
 
 def read_record(model_root: Path) -> Int8Record:
-    """Read ``openvino-int8/int8.json``.
+    """Read and check ``openvino-int8/int8.json``.
 
     Raises:
         FileNotFoundError: there is none.
-        ValueError: it is not a valid record.
+        ValueError: it is not a valid record: not JSON, a missing or extra field, no evaluation,
+            or an accuracy that is not a finite number in [0, 1] (NaN included).
     """
-    data = json.loads((model_root / INT8_RECORD).read_text(encoding="utf-8"))
-    if not isinstance(data, dict):
-        raise ValueError(f"{model_root / INT8_RECORD}: expected a JSON object")
-    data.pop("delta_points", None)
+    path = model_root / INT8_RECORD
     try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("expected a JSON object")
+        data.pop("delta_points", None)
         record = Int8Record(**data)
-        record.worst_drop_points()
-    except TypeError as error:
-        raise ValueError(f"{model_root / INT8_RECORD}: {error}") from error
+        if not isinstance(record.evaluations, dict) or not record.evaluations:
+            raise ValueError("no evaluation")
+        for name, scores in record.evaluations.items():
+            for key in ("fp32", "int8"):
+                value = scores[key]
+                if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+                        or not 0.0 <= value <= 1.0:
+                    raise ValueError(f"evaluation {name!r}: {key} {value!r} is not an accuracy in [0, 1]")
+    except (TypeError, KeyError, AttributeError, ValueError) as error:
+        raise ValueError(f"{path}: not a valid INT8 record: {error!r}") from error
     return record
 
 
@@ -164,12 +184,12 @@ def choose_int8(model_root: Path, *, source: str, max_drop_points: float) -> Int
     Raises:
         ConfigurationError: ``max_drop_points`` is negative (reason ``invalid_int8_margin``).
     """
-    if max_drop_points < 0:
+    if not math.isfinite(max_drop_points) or max_drop_points < 0:
         raise ConfigurationError(
             f"int8 accuracy margin: expected >= 0 points, received {max_drop_points}", reason="invalid_int8_margin"
         )
-    if not (model_root / INT8_XML).is_file():
-        return Int8Choice(False, "int8_missing", f"{model_root} has no {INT8_XML}; make it with `quantize`")
+    if not (model_root / INT8_XML).is_file() or not (model_root / INT8_XML).with_suffix(".bin").is_file():
+        return Int8Choice(False, "int8_missing", f"{model_root} has no {INT8_XML} (+ .bin); make it with `quantize`")
     try:
         record = read_record(model_root)
     except (OSError, ValueError) as error:
@@ -178,6 +198,9 @@ def choose_int8(model_root: Path, *, source: str, max_drop_points: float) -> Int
     if record.source != source or not current.is_file() or sha256_file(current) != record.source_sha256:
         return Int8Choice(False, "int8_stale", f"{model_root / INT8_XML} was made from other weights than the "
                           f"current {source}; quantise again", record)
+    if any(float(scores["fp32"]) <= 0.0 for scores in record.evaluations.values()):
+        return Int8Choice(False, "int8_record_invalid", f"{model_root / INT8_RECORD}: an evaluation has an FP32 "
+                          "accuracy of 0, which proves nothing about INT8; score on labelled pictures", record)
     drop = record.worst_drop_points()
     deltas = ", ".join(f"{name} {delta:+.2f}" for name, delta in record.delta_points().items())
     if drop > max_drop_points:
@@ -231,7 +254,7 @@ def head_scope_patterns(node_names: Iterable[str]) -> list[str]:
     if not blocks:
         return []
     head = max(blocks)
-    return [rf"/model\.{head}/(?!cv2|cv3).*"]
+    return [rf"/model\.{head}/(?!cv2|cv3)"]
 
 
 def quantize_openvino(
@@ -242,48 +265,77 @@ def quantize_openvino(
     ignored_patterns: Sequence[str] | Callable[[list[str]], Sequence[str]] = (),
     ignored_types: Sequence[str] = (),
     input_shape: Sequence[int] | None = None,
-) -> Path:
+) -> tuple[Path, list[str]]:
     """Quantise an FP32 ONNX model to an INT8 OpenVINO IR with NNCF.
+
+    NNCF's own log lines and progress bar go to stderr (stdout stays clean for ``--json``).
 
     Args:
         source_onnx: the FP32 model.
         out_dir: where ``model.xml`` / ``model.bin`` are written (created).
         calibration: network input batches exactly as the runtime gets them, each
             (B, 3, S, S) float32 (already resized, normalised); 100-300 pictures is NNCF's guidance.
-        ignored_patterns: node-name regular expressions left in FP32, or a function of the
+        ignored_patterns: node-name regular expressions (matched from the start of the name, as
+            NNCF's ``IgnoredScope`` does with ``re.match``) left in FP32, or a function of the
             model's node names that returns them (:func:`head_scope_patterns`).
         ignored_types: operation types left in FP32 (e.g. ``"Sigmoid"``).
         input_shape: reshape the input before quantising (None: keep the model's, dynamic batch included).
 
     Returns:
-        The path of ``model.xml``.
+        ``(path of model.xml, names of the nodes the patterns kept in FP32)``.
 
     Raises:
         MissingDependencyError: nncf or openvino is not installed (extra ``shelftally[int8]``).
-        ValueError: no calibration batch.
+        QuantizationError: no calibration batch (reason ``no_calibration_pictures``), or
+            OpenVINO / NNCF refused the model (``quantization_failed``).
     """
     if not calibration:
-        raise ValueError("INT8 calibration needs at least one picture")
+        raise QuantizationError("INT8 calibration needs at least one picture", reason="no_calibration_pictures")
     ov = import_runtime("openvino", extra="int8", purpose="INT8 quantisation")
     nncf = import_runtime("nncf", extra="int8", purpose="INT8 quantisation")
-    model = ov.Core().read_model(str(source_onnx))
-    if input_shape is not None:
-        model.reshape(list(input_shape))
-    names = [op.get_friendly_name() for op in model.get_ops()]
-    patterns = list(ignored_patterns(names) if callable(ignored_patterns) else ignored_patterns)
-    scope = None
-    if patterns or ignored_types:
-        scope = nncf.IgnoredScope(patterns=patterns, types=list(ignored_types), validate=False)
-    subset = sum(int(batch.shape[0]) for batch in calibration)
-    quantized = nncf.quantize(
-        model, nncf.Dataset(list(calibration)), preset=nncf.QuantizationPreset.MIXED,
-        subset_size=subset, ignored_scope=scope,
-    )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    xml = out_dir / "model.xml"
-    ov.save_model(quantized, str(xml), compress_to_fp16=False)
-    logger.info("quantised %s (%d operations) to %s with %d calibration pictures", source_onnx, len(names), xml, subset)
-    return xml
+    try:
+        model = ov.Core().read_model(str(source_onnx))
+        if input_shape is not None:
+            model.reshape(list(input_shape))
+        names = [op.get_friendly_name() for op in model.get_ops()]
+        patterns = list(ignored_patterns(names) if callable(ignored_patterns) else ignored_patterns)
+        kept = [name for name in names if any(re.match(pattern, name) for pattern in patterns)]
+        scope = None
+        if patterns or ignored_types:
+            scope = nncf.IgnoredScope(patterns=patterns, types=list(ignored_types), validate=False)
+        subset = sum(int(batch.shape[0]) for batch in calibration)
+        nncf.set_log_level(logging.WARNING)
+        with contextlib.redirect_stdout(sys.stderr):
+            quantized = nncf.quantize(
+                model, nncf.Dataset(list(calibration)), preset=nncf.QuantizationPreset.MIXED,
+                subset_size=subset, ignored_scope=scope,
+            )
+        out_dir.mkdir(parents=True, exist_ok=True)
+        xml = out_dir / "model.xml"
+        ov.save_model(quantized, str(xml), compress_to_fp16=False)
+    except (RuntimeError, ValueError, TypeError) as error:
+        raise QuantizationError(f"cannot quantise {source_onnx}: {error}") from error
+    logger.info("quantised %s to %s with %d calibration pictures; %d nodes kept in FP32 by %s",
+                source_onnx, xml, subset, len(kept), patterns)
+    return xml, kept
+
+
+def install(model_root: Path, staged: Path) -> Path:
+    """Replace ``model_root/openvino-int8`` by the staged folder (model and its record) in one rename.
+
+    Until this call the previous INT8 model and record, if any, stay as they were; its record
+    never vouches for a model it was not measured on.
+    """
+    target = model_root / INT8_DIR
+    old = model_root / f"{INT8_DIR}.old"
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        target.rename(old)
+    staged.rename(target)
+    if old.exists():
+        shutil.rmtree(old)
+    return target
 
 
 def summarize(record: Int8Record, max_drop_points: float) -> Mapping[str, Any]:

@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from shelftally.errors import ConfigurationError
 from shelftally.files import sha256_file
-from shelftally.int8 import INT8_XML, Int8Record, choose_int8, head_scope_patterns, read_record, write_record
+from shelftally.int8 import (
+    INT8_RECORD,
+    INT8_XML,
+    Int8Record,
+    choose_int8,
+    head_scope_patterns,
+    install,
+    read_record,
+    write_record,
+)
 
 
 def model_with_int8(root: Path, fp32: float, int8: float, *, second: tuple[float, float] | None = None) -> Path:
-    """A model directory with a model.onnx, an INT8 IR file and a record of the given accuracies."""
+    """A model directory with a model.onnx, an INT8 IR (xml + bin) and a record of the given accuracies."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "model.onnx").write_bytes(b"fp32 weights")
     (root / INT8_XML).parent.mkdir(parents=True, exist_ok=True)
     (root / INT8_XML).write_text("<net/>")
+    (root / INT8_XML).with_suffix(".bin").write_bytes(b"weights")
     evaluations = {"set-a/test": {"fp32": fp32, "int8": int8, "pictures": 10}}
     if second is not None:
         evaluations["set-b/val"] = {"fp32": second[0], "int8": second[1], "pictures": 5}
@@ -62,9 +73,53 @@ def test_missing_stale_and_unreadable_are_refused(tmp_path: Path) -> None:
     assert choose_int8(empty, source="model.onnx", max_drop_points=1.0).reason == "int8_record_invalid"
 
 
-def test_negative_margin_is_a_configuration_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "evaluations",
+    [
+        {"a": {"fp32": float("nan"), "int8": 0.5, "pictures": 3}, "b": {"fp32": 0.8, "int8": 0.75, "pictures": 3}},
+        {"a": {"fp32": 0.8, "pictures": 3}},
+        {"a": {"fp32": 80.0, "int8": 79.0, "pictures": 3}},  # percentages, not fractions
+        {"a": {"fp32": "0.8", "int8": 0.8, "pictures": 3}},
+        [{"fp32": 0.8, "int8": 0.8}],
+    ],
+    ids=["nan", "missing-int8", "percent", "string", "list"],
+)
+def test_malformed_records_are_refused_not_crashed_on(tmp_path: Path, evaluations: object) -> None:
+    root = model_with_int8(tmp_path / "m", 0.8, 0.8)
+    data = json.loads((root / INT8_RECORD).read_text())
+    data["evaluations"] = evaluations
+    (root / INT8_RECORD).write_text(json.dumps(data))  # json writes NaN as NaN, which json.loads accepts
+    choice = choose_int8(root, source="model.onnx", max_drop_points=1.0)
+    assert (choice.use, choice.reason) == (False, "int8_record_invalid")
+    with pytest.raises(ValueError):
+        read_record(root)
+
+
+def test_a_zero_fp32_baseline_proves_nothing(tmp_path: Path) -> None:
+    root = model_with_int8(tmp_path / "m", 0.0, 0.0)
+    assert choose_int8(root, source="model.onnx", max_drop_points=1.0).reason == "int8_record_invalid"
+
+
+def test_a_missing_weights_file_is_missing(tmp_path: Path) -> None:
+    root = model_with_int8(tmp_path / "m", 0.8, 0.8)
+    (root / INT8_XML).with_suffix(".bin").unlink()
+    assert choose_int8(root, source="model.onnx", max_drop_points=1.0).reason == "int8_missing"
+
+
+def test_install_replaces_model_and_record_together(tmp_path: Path) -> None:
+    root = model_with_int8(tmp_path / "m", 0.8, 0.8)
+    staged = tmp_path / "m" / "openvino-int8.staged"
+    staged.mkdir()
+    (staged / "model.xml").write_text("<net new/>")
+    install(root, staged)
+    assert (root / INT8_XML).read_text() == "<net new/>" and not staged.exists()
+    assert not (root / INT8_RECORD).exists()  # the old record went with the old model
+
+
+@pytest.mark.parametrize("margin", [-0.1, float("nan"), float("inf")])
+def test_invalid_margin_is_a_configuration_error(tmp_path: Path, margin: float) -> None:
     with pytest.raises(ConfigurationError) as raised:
-        choose_int8(tmp_path, source="model.onnx", max_drop_points=-0.1)
+        choose_int8(tmp_path, source="model.onnx", max_drop_points=margin)
     assert raised.value.reason == "invalid_int8_margin"
 
 
@@ -74,6 +129,7 @@ def test_head_scope_keeps_only_the_last_blocks_decoding() -> None:
     names = ["/model.0/conv/Conv", "/model.22/cv2.0/cv2.0.0/conv/Conv", "/model.22/cv3.1/cv3.1.2/Conv",
              "/model.22/dfl/conv/Conv", "/model.22/Sigmoid", "/model.22/Concat_7", "/model.21/Concat"]
     patterns = head_scope_patterns(names)
-    ignored = {n for n in names if any(re.fullmatch(p, n) for p in patterns)}
+    ignored = {n for n in names if any(re.match(p, n) for p in patterns)}  # NNCF's IgnoredScope uses re.match
     assert ignored == {"/model.22/dfl/conv/Conv", "/model.22/Sigmoid", "/model.22/Concat_7"}
     assert head_scope_patterns(["images", "output0"]) == []
+    assert not any(re.match(p, "/model.220/x") for p in head_scope_patterns(["/model.22/a"]))

@@ -217,6 +217,8 @@ def quantize_cmd(
             )
     except ShelfTallyError as error:
         raise _fail(error, as_json) from error
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--eval") from error
     print_int8_record(record, margin, as_json)
 
 

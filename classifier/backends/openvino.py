@@ -3,7 +3,9 @@
 The model is compiled with the ``LATENCY`` performance hint (one stream using all of
 ``threads``: what a worker calling :meth:`classify` synchronously needs). On the CPU, OpenVINO
 runs in bfloat16 where the CPU supports it natively unless ``INFERENCE_PRECISION_HINT=f32``:
-``BackendConfig.openvino_precision`` chooses (``"auto"`` or ``"f32"``).
+``BackendConfig.openvino_precision`` chooses (``"auto"`` or ``"f32"``). ``"int8"`` loads
+``openvino-int8/model.xml`` instead when :func:`shelftally.int8.choose_int8` accepts its
+recorded accuracy (else ``openvino/model.xml`` with a warning), both with the f32 hint.
 
 Devices: ``"cpu"`` -> ``CPU``, ``"gpu"``/``"gpu.N"`` -> Intel ``GPU``, ``"npu"``, ``"auto"``.
 The batch limit is read from the IR: a static batch dimension makes
@@ -73,7 +75,8 @@ class OpenVinoBackend(ClassifierBackend):
         config: dict[str, str | int] = {"PERFORMANCE_HINT": "LATENCY"}
         if self.config.threads:
             config["INFERENCE_NUM_THREADS"] = self.config.threads
-        if device == "CPU" and self.config.openvino_precision == "f32":
+        if device == "CPU" and self.config.openvino_precision in ("f32", "int8"):
+            # int8: what stays unquantised runs FP32, as when its accuracy was recorded (and so does the fallback)
             config["INFERENCE_PRECISION_HINT"] = "f32"
         core = ov.Core()
         try:

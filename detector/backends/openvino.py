@@ -6,6 +6,8 @@ OpenVINO runs in bfloat16 where the CPU supports it natively (AMX / AVX-512 BF16
 ``INFERENCE_PRECISION_HINT=f32``: ``BackendConfig.openvino_precision`` chooses (``"auto"``,
 the default, measured about 2x faster than fp32 here with boxes within IoU 0.99 of the torch
 backend on the test detector; ``"f32"`` for the closest agreement with the other backends).
+``"int8"`` loads ``openvino-int8/model.xml`` instead when :func:`shelftally.int8.choose_int8`
+accepts its recorded accuracy (else ``openvino/model.xml`` with a warning), both with the f32 hint.
 
 Devices: ``"cpu"`` -> ``CPU``, ``"gpu"``/``"gpu.N"`` -> Intel ``GPU``, ``"npu"``, ``"auto"``.
 """
@@ -98,7 +100,8 @@ class OpenVinoBackend(DetectorBackend):
         config: dict[str, str | int] = {"PERFORMANCE_HINT": "LATENCY"}
         if self.config.threads:
             config["INFERENCE_NUM_THREADS"] = self.config.threads
-        if device == "CPU" and self.config.openvino_precision == "f32":
+        if device == "CPU" and self.config.openvino_precision in ("f32", "int8"):
+            # int8: what stays unquantised runs FP32, as when its accuracy was recorded (and so does the fallback)
             config["INFERENCE_PRECISION_HINT"] = "f32"
         core = ov.Core()
         try:

@@ -58,12 +58,47 @@ def test_record_and_gate(quantized: Path) -> None:
     scores = record.evaluations["toy/val"]
     assert scores["pictures"] == 24 and scores["fp32"] > 0.5 and scores["int8"] > 0.0
     assert scores["fp32_detail"]["mAP50"] == scores["fp32"]
+    assert scores["fp32_detail"]["boxes"] > 0 and not (quantized / "openvino-int8.staged").exists()
     drop = record.worst_drop_points()
     used = load(quantized, backend="openvino", openvino_precision="int8", int8_max_drop_points=drop + 1, threads=1)
     assert used.precision == "int8" and used.version.endswith("-int8")
-    if drop > 0:
-        refused = load(quantized, backend="openvino", openvino_precision="int8", int8_max_drop_points=drop / 2)
-        assert refused.precision == "fp32"
+
+
+def test_a_record_outside_the_margin_runs_fp32(quantized: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "model"
+    shutil.copytree(quantized, copy)
+    data = json.loads((copy / "openvino-int8" / "int8.json").read_text())
+    data["evaluations"]["toy/val"]["int8"] = data["evaluations"]["toy/val"]["fp32"] - 0.02  # 2 points lost
+    (copy / "openvino-int8" / "int8.json").write_text(json.dumps(data))
+    assert load(copy, backend="openvino", openvino_precision="int8", int8_max_drop_points=1.0).precision == "fp32"
+    assert load(copy, backend="openvino", openvino_precision="int8", int8_max_drop_points=2.5).precision == "int8"
+
+
+def test_a_failed_quantisation_keeps_the_previous_int8_and_its_record(
+    quantized: Path, toy_data: Path, tmp_path: Path
+) -> None:
+    from detector.errors import DatasetError
+
+    copy = tmp_path / "model"
+    shutil.copytree(quantized, copy)
+    before = {p.name: p.read_bytes() for p in (copy / "openvino-int8").iterdir()}
+    with pytest.raises(DatasetError) as raised:  # the toy set has no test split: found while scoring
+        quantize_detector(copy, toy_data, [EvaluationSet(toy_data, "test")], calibration_pictures=4, threads=1)
+    assert raised.value.reason == "missing_split"
+    assert {p.name: p.read_bytes() for p in (copy / "openvino-int8").iterdir()} == before
+    assert not (copy / "openvino-int8.staged").exists()
+
+
+def test_an_unlabelled_split_cannot_vouch_for_int8(tiny_detector: Path, tmp_path: Path) -> None:
+    from detector.errors import DatasetError
+
+    data = write_toy_dataset(tmp_path / "toy", n_train=4, n_val=4, seed=9)
+    for label in (tmp_path / "toy" / "labels" / "val").glob("*.txt"):
+        label.write_text("")
+    backend = load(tiny_detector, backend="onnx", conf=VAL_CONF, threads=1)
+    with pytest.raises(DatasetError) as raised:
+        evaluate_backend(backend, data, split="val")
+    assert raised.value.reason == "no_labels"
 
 
 def test_int8_boxes_follow_fp32(quantized: Path) -> None:
@@ -97,4 +132,8 @@ def test_stale_int8_is_not_used(quantized: Path, tmp_path: Path) -> None:
 def test_parse_evaluation_set() -> None:
     assert parse_evaluation_set("a/data.yaml:val") == EvaluationSet(Path("a/data.yaml"), "val")
     assert parse_evaluation_set("a/data.yaml") == EvaluationSet(Path("a/data.yaml"), "test")
+    assert parse_evaluation_set("C:/x/data.yaml") == EvaluationSet(Path("C:/x/data.yaml"), "test")
+    for wrong in ("a/data.yaml:valid", "a/data.yaml:TEST", ":val"):
+        with pytest.raises(ValueError):
+            parse_evaluation_set(wrong)
     assert EvaluationSet(Path("/x/pallets/data.yaml"), "test").label == "pallets/test"

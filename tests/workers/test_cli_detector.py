@@ -81,3 +81,32 @@ def test_train_and_export_end_to_end(tmp_path: Path) -> None:
     assert (tmp_path / "model" / "openvino" / "model.xml").is_file() and "model.xml" in out
     result = runner.invoke(app, ["detector", "export", str(tmp_path / "model"), "--format", "tflite"])
     assert result.exit_code == 2
+
+
+@pytest.mark.slow
+def test_quantize_json_is_clean_and_usage_errors_are_typed(tiny_detector: Path, tmp_path: Path) -> None:
+    """`detector quantize --json` prints only the JSON (NNCF's log and bars go to stderr); a bad --eval is a
+    usage error found before any work."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.detector.conftest import write_toy_dataset
+
+    pytest.importorskip("nncf", reason="INT8 quantisation needs nncf (extra shelftally[int8])")
+    model = tmp_path / "model"
+    shutil.copytree(tiny_detector, model)
+    data = write_toy_dataset(tmp_path / "toy", n_train=12, n_val=8, seed=5)
+    command = [str(Path(sys.executable).with_name("shelftally")), "detector", "quantize", str(model),
+               "--data", str(data)]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    bad = subprocess.run([*command, "--eval", f"{data}:valid"], capture_output=True, text=True, cwd=tmp_path, env=env,
+                         timeout=300)
+    assert bad.returncode == 2 and "unknown split 'valid'" in bad.stderr
+    assert not (model / "openvino-int8").exists()
+    run = subprocess.run([*command, "--eval", f"{data}:val", "--calibration", "12", "--json"], capture_output=True,
+                         text=True, cwd=tmp_path, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads(run.stdout)
+    assert report["metric"] == "mAP50" and set(report["evaluations"]) == {"toy/val"}
+    assert report["calibration"]["pictures"] == 12 and report["within_margin"] == (report["worst_drop_points"] <= 1.0)
