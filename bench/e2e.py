@@ -15,18 +15,29 @@ PostgreSQL as the database. In one process, on the same files, one after the oth
     classifier (``classifier.backbones.load_model_dir``) on one crop at a time, and one ORM
     ``session.add`` + flush per detection and per observation, one commit per picture.
 
-Reported: pictures per second of both and their ratio; ShelfTally's per-stage breakdown
-(decode, detect, crop, classify, persist, reconcile; median ms per picture) and the naive
-pipeline's (detect, classify, persist); the work's FLOPs (detector at 640 from ultralytics'
-profiler (thop), the classifier per crop times the crops) against this machine's peak FP32
-rate: cores x clock x FP32 lanes x 2 (fused multiply-add) x FMA units, where the lanes come from
-the CPU flags in ``/proc/cpuinfo`` (``avx512f``: 16, ``avx2`` + ``fma``: 8) and the clock from
-``lscpu``'s max MHz (else ``/proc/cpuinfo``'s "cpu MHz"); the FMA units per core are an
-assumption (``--fma-units``, default 2: Intel Xeon Scalable cores have two 512-bit FMA ports).
+With ``--int8``, ShelfTally runs twice more on the same pictures, with both models INT8
+(``models.detector_precision`` and ``classifier_precision`` ``int8``) and with the detector alone INT8:
+the detector and classifier are quantised once (:func:`quantized_models`: NNCF, calibrated on
+generated shelves of other seeds, accuracy recorded on 40 more) and the accuracy gate decides
+(margin 1 point), as in a deployment.
+
+Each ShelfTally run happens in a fresh spawned process, as a worker process would, so that its
+peak resident memory (``VmHWM``) is the workload's own (models, runtime, pictures, database
+session), not the benchmark's (the naive pipeline's torch, ultralytics, the model training).
+
+Reported: pictures per second of each and the ratio to the naive script; ShelfTally's per-stage
+breakdown (decode, detect, crop, classify, persist, reconcile; median ms per picture) and the
+naive pipeline's (detect, classify, persist); peak RSS per ShelfTally process; the work's FLOPs
+(detector at 640 from ultralytics' profiler (thop), the classifier per crop times the crops)
+against this machine's peak FP32 rate: cores x clock x FP32 lanes x 2 (fused multiply-add) x FMA
+units, where the lanes come from the CPU flags in ``/proc/cpuinfo`` (``avx512f``: 16, ``avx2`` +
+``fma``: 8) and the clock from ``lscpu``'s max MHz (else ``/proc/cpuinfo``'s "cpu MHz"); the FMA
+units per core are an assumption (``--fma-units``, default 2: Intel Xeon Scalable cores have two
+512-bit FMA ports, AMD Zen 2-4 cores two 256-bit FMA pipes).
 
 Usage::
 
-    .venv/bin/python bench/e2e.py [--pictures 12] [--backend openvino|onnx] [--threads N]
+    .venv/bin/python bench/e2e.py [--pictures 12] [--backend openvino|onnx] [--threads N] [--int8]
 
 Writes ``bench/results/e2e.json`` and ``bench/results/e2e_stages.png``.
 """
@@ -99,13 +110,71 @@ def models(work: Path) -> tuple[Path, Path]:
     return at640, classifier
 
 
+def quantized_models(work: Path, detector: Path, classifier: Path, calibration: int) -> dict[str, Any]:
+    """Quantise the workload's detector and classifier (once; cached in their directories) and return the records.
+
+    Calibration and scoring pictures are generated shelves of the same kind as the workload
+    (other seeds): ``calibration`` train pictures, 40 val pictures; the classifier calibrates on
+    300 crops of the first 40 train pictures' products and is scored on the crops of the 40 val
+    pictures' products.
+    """
+    from classifier.dataset import read_image_folder
+    from classifier.quantize import quantize_classifier
+    from detector.quantize import EvaluationSet, quantize_detector
+    from detector.synth import write_synthetic_datasets
+    from shelftally.int8 import INT8_RECORD, read_record
+
+    if not ((detector / INT8_RECORD).is_file() and (classifier / INT8_RECORD).is_file()):
+        data = work / "int8-data"
+        shutil.rmtree(data, ignore_errors=True)
+        n = calibration + 40
+        synthetic = write_synthetic_datasets(data / "synth", demo_packshots(), n_images=n, val_fraction=40 / n,
+                                             seed=23, config=SceneConfig(size_wh=(1280, 960), min_objects=80,
+                                                                         max_objects=120))
+        sets = [EvaluationSet(synthetic.agnostic_yaml, "val", "generated shelves/val (40)")]
+        quantize_detector(detector, synthetic.agnostic_yaml, sets, calibration_pictures=calibration,
+                          command="bench/e2e.py --int8")
+        for split in ("train", "val"):
+            for image_path in sorted((synthetic.root / "sku" / "images" / split).glob("*.jpg"))[:40]:
+                picture = cv2.cvtColor(cv2.imread(str(image_path)), cv2.COLOR_BGR2RGB)
+                h, w = picture.shape[:2]
+                rows = (synthetic.root / "sku" / "labels" / split / f"{image_path.stem}.txt").read_text().split()
+                for n_row in range(0, len(rows), 5):
+                    cls, cx, cy, bw, bh = (float(v) for v in rows[n_row:n_row + 5])
+                    x1, y1 = max(0, int((cx - bw / 2) * w)), max(0, int((cy - bh / 2) * h))
+                    crop = picture[y1:int((cy + bh / 2) * h), x1:int((cx + bw / 2) * w)]
+                    if min(crop.shape[:2]) >= 8:
+                        sku = synthetic.sku_codes[int(cls)]
+                        target = data / "crops" / split / sku / f"{image_path.stem}-{n_row}.jpg"
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        cv2.imwrite(str(target), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+        quantize_classifier(classifier, read_image_folder(data / "crops" / "train", split="train"),
+                            read_image_folder(data / "crops" / "val", split="val"), calibration_pictures=300,
+                            evaluation_name="generated crops/val", command="bench/e2e.py --int8")
+    return {"detector": read_record(detector).__dict__, "classifier": read_record(classifier).__dict__}
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory, MiB: ``VmHWM`` of ``/proc/self/status`` (Linux).
+
+    Not ``getrusage``'s ``ru_maxrss``: Linux carries that over ``execve`` from the forked parent,
+    so a spawned child would report at least its parent's size.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def run_shelftally(paths: list[Path], detector: Path, classifier: Path, url: str, backend: str,
-                   threads: int | None) -> dict[str, Any]:
+                   threads: int | None, precision: str = "fp32") -> dict[str, Any]:
     from inventory.reconcile import ReconcilePolicy
     from workers.pipeline import PipelineConfig, ScanPipeline, load_models
 
     engine = create_engine(url)
-    det, rec = load_models(detector, classifier, backend=backend, threads=threads)
+    det, rec = load_models(detector, classifier, backend=backend, threads=threads,
+                           detector_precision="int8" if precision in ("int8", "int8-detector") else "fp32",
+                           classifier_precision="int8" if precision == "int8" else "fp32", int8_max_drop_points=1.0)
     pipeline = ScanPipeline(factory=session_factory(engine), detector=det, recognizer=rec,
                             policy=ReconcilePolicy(), config=PipelineConfig(evidence_dir=None))
     start = datetime(2026, 11, 29, 8, 0, tzinfo=UTC)
@@ -113,18 +182,34 @@ def run_shelftally(paths: list[Path], detector: Path, classifier: Path, url: str
     stages: dict[str, list[float]] = {}
     boxes = []
     started = time.perf_counter()
-    for i, path in enumerate(paths):
+    loaded_rss = peak_rss_mib()
+    timed = paths[1:]  # paths[0] warmed up; scanning it again would be a (nearly free) duplicate
+    for i, path in enumerate(timed):
         result = pipeline.scan_path(path, location_code=LOCATION, captured_at=start + timedelta(minutes=i))
-        assert result.status in ("processed", "duplicate"), result
+        assert result.status == "processed", result
         for stage, ms in result.timings_ms.items():
             stages.setdefault(stage, []).append(ms)
         boxes.append(sum(result.counts.values()) + result.unknown_facings)
     elapsed = time.perf_counter() - started
     engine.dispose()
-    return {"seconds": round(elapsed, 3), "pictures_per_s": round(len(paths) / elapsed, 3),
+    return {"seconds": round(elapsed, 3), "pictures": len(timed), "pictures_per_s": round(len(timed) / elapsed, 3),
             "stages_ms": {k: round(statistics.median(v), 1) for k, v in stages.items()},
             "boxes_per_picture": round(float(np.mean(boxes)), 1), "backend": backend,
-            "detector_version": det.version}
+            "precision": {"detector": det.precision, "classifier": rec.backend.precision},
+            "detector_version": det.version, "classifier_version": rec.backend.version,
+            "peak_rss_mib": round(peak_rss_mib(), 1),
+            "peak_rss_after_loading_and_warm_up_mib": round(loaded_rss, 1)}
+
+
+def run_worker(paths: list[Path], detector: Path, classifier: Path, url: str, backend: str,
+               threads: int | None, precision: str) -> dict[str, Any]:
+    """:func:`run_shelftally` in a fresh process (as a worker process is), so its peak RSS is the workload's alone."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        result: dict[str, Any] = pool.apply(run_shelftally, (paths, detector, classifier, url, backend, threads,
+                                                             precision))
+    return result
 
 
 def run_naive(paths: list[Path], detector: Path, classifier: Path, url: str) -> dict[str, Any]:
@@ -192,12 +277,13 @@ def run_naive(paths: list[Path], detector: Path, classifier: Path, url: str) -> 
     one(paths[0], 0)  # warm-up
     stages: dict[str, list[float]] = {}
     started = time.perf_counter()
-    for i, path in enumerate(paths):
+    for i, path in enumerate(paths[1:]):  # paths[0] warmed up
         for stage, ms in one(path, i + 1).items():
             stages.setdefault(stage, []).append(ms)
     elapsed = time.perf_counter() - started
     engine.dispose()
-    return {"seconds": round(elapsed, 3), "pictures_per_s": round(len(paths) / elapsed, 3),
+    return {"seconds": round(elapsed, 3), "pictures": len(paths) - 1,
+            "pictures_per_s": round((len(paths) - 1) / elapsed, 3),
             "stages_ms": {k: round(statistics.median(v), 1) for k, v in stages.items()}}
 
 
@@ -250,22 +336,28 @@ def plot(report: dict[str, Any], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     order = ["decode", "detect", "crop", "classify", "persist", "reconcile"]
-    fig, ax = plt.subplots(figsize=(8, 3.2))
-    left = 0.0
-    ours = report["shelftally"]["stages_ms"]
-    for stage in order:
-        width = ours.get(stage, 0.0)
-        ax.barh("ShelfTally", width, left=left, label=stage)
-        left += width
-    left = 0.0
-    colours = {stage: bar.get_facecolor() for stage, bar in zip(order, ax.patches, strict=False)}
-    for stage in ("detect", "classify", "persist"):
-        width = report["naive"]["stages_ms"].get(stage, 0.0)
-        ax.barh("naive", width, left=left, color=colours.get(stage))
-        left += width
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    colours = {stage: f"C{i}" for i, stage in enumerate(order)}
+    rows = [("ShelfTally INT8 det.", report.get("shelftally_int8_detector")),
+            ("ShelfTally INT8", report.get("shelftally_int8")), ("ShelfTally", report["shelftally"]),
+            ("naive", report["naive"])]
+    for name, run in rows:
+        if not run:
+            continue
+        left = 0.0
+        for stage in order:
+            width = run["stages_ms"].get(stage, 0.0)
+            ax.barh(name, width, left=left, color=colours[stage], label=stage if name == "ShelfTally" else None)
+            left += width
     ax.set_xlabel("median ms per 1280x960 picture")
-    ax.set_title(f"ShelfTally {report['shelftally']['pictures_per_s']:.2f} vs naive "
-                 f"{report['naive']['pictures_per_s']:.2f} pictures/s ({report['speedup']:.2f}x)")
+    title = (f"ShelfTally {report['shelftally']['pictures_per_s']:.2f} vs naive "
+             f"{report['naive']['pictures_per_s']:.2f} pictures/s ({report['speedup']:.2f}x)")
+    if report.get("shelftally_int8"):
+        title += f"; INT8 {report['shelftally_int8']['pictures_per_s']:.2f} ({report['speedup_int8']:.2f}x)"
+    if report.get("shelftally_int8_detector"):
+        title += (f"\nINT8 detector + FP32 classifier {report['shelftally_int8_detector']['pictures_per_s']:.2f}"
+                  f" ({report['speedup_int8_detector']:.2f}x)")
+    ax.set_title(title, fontsize=10)
     ax.legend(ncol=6, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3))
     fig.tight_layout()
     fig.savefig(out, dpi=120)
@@ -277,6 +369,9 @@ def main() -> None:
     parser.add_argument("--backend", default="openvino", choices=["openvino", "onnx", "torch"])
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the runtime's)")
     parser.add_argument("--fma-units", type=int, default=2)
+    parser.add_argument("--int8", action="store_true",
+                        help="also run ShelfTally with the INT8 models (quantised once, cached), same pictures")
+    parser.add_argument("--calibration", type=int, default=120, help="generated pictures calibrating INT8")
     parser.add_argument("--work", type=Path, default=ROOT / "work" / "e2e-models")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "e2e.json")
     args = parser.parse_args()
@@ -288,13 +383,34 @@ def main() -> None:
     paths = make_pictures(args.work / "pictures", args.pictures + 1)
     warm, timed = paths[0], paths[1:]
     load_before = os.getloadavg()
-    schema, url = fresh_schema(POSTGRES, prefix="e2e", location_code=LOCATION,
-                               skus=[(code, name) for code, name, _ in DEMO_SKUS], quantity=12)
-    try:
-        ours = run_shelftally([warm, *timed], detector, classifier, url, args.backend, args.threads)
-        naive = run_naive([warm, *timed], detector, classifier, url)
-    finally:
-        drop_schema(POSTGRES, schema)
+    records = quantized_models(args.work, detector, classifier, args.calibration) if args.int8 else None
+
+    def in_fresh_schema(run: Any, *run_args: Any) -> dict[str, Any]:
+        """One pipeline's run in its own empty schema (same book), so no run sees another's scans."""
+        schema, url = fresh_schema(POSTGRES, prefix="e2e", location_code=LOCATION,
+                                   skus=[(code, name) for code, name, _ in DEMO_SKUS], quantity=12)
+        try:
+            result: dict[str, Any] = run([warm, *timed], detector, classifier, url, *run_args)
+            return result
+        finally:
+            drop_schema(POSTGRES, schema)
+
+    int8: dict[str, Any] | None = None
+    int8_detector: dict[str, Any] | None = None
+    ours = in_fresh_schema(run_worker, args.backend, args.threads, "fp32")
+    if records is not None:
+        int8 = in_fresh_schema(run_worker, args.backend, args.threads, "int8")
+        if int8["precision"] != {"detector": "int8", "classifier": "int8"}:
+            raise SystemExit(f"the INT8 run fell back to FP32 ({int8['precision']}): see the warning above; "
+                             f"delete {detector}/openvino-int8 and {classifier}/openvino-int8 to quantise again")
+        int8_detector = in_fresh_schema(run_worker, args.backend, args.threads, "int8-detector")
+        if int8_detector["precision"] != {"detector": "int8", "classifier": "fp32"}:
+            raise SystemExit(f"the detector-only INT8 run did not run as asked: {int8_detector['precision']}")
+        int8["records"] = {k: {"evaluations": {n: {m: e[m] for m in ("fp32", "int8", "pictures")}
+                                               for n, e in r["evaluations"].items()},
+                               "metric": r["metric"], "calibration": r["calibration"]}
+                           for k, r in records.items()}
+    naive = in_fresh_schema(run_naive)
     work = flops(detector, classifier)
     peak = peak_gflops(args.fma_units)
     per_picture = work["detector_gflops_at_640"] + ours["boxes_per_picture"] * work["classifier_gflops_per_crop"]
@@ -307,6 +423,11 @@ def main() -> None:
                      "detector": "demo YOLOv8n at 640", "classifier": "demo mobilenet_v3_small",
                      "database": "postgresql"},
         "shelftally": ours, "naive": naive, "speedup": round(ours["pictures_per_s"] / naive["pictures_per_s"], 2),
+        "shelftally_int8": int8,
+        "speedup_int8": round(int8["pictures_per_s"] / naive["pictures_per_s"], 2) if int8 else None,
+        "shelftally_int8_detector": int8_detector,
+        "speedup_int8_detector": round(int8_detector["pictures_per_s"] / naive["pictures_per_s"], 2)
+        if int8_detector else None,
         "flops": {**work, "gflops_per_picture": round(per_picture, 2),
                   "achieved_gflops_in_models": round(achieved, 1) if achieved else None,
                   "fraction_of_peak": round(achieved / peak["peak_gflops"], 3) if achieved and peak["peak_gflops"]
@@ -316,7 +437,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     plot(report, args.out.with_name("e2e_stages.png"))
-    print(json.dumps({k: report[k] for k in ("shelftally", "naive", "speedup", "flops")}, indent=2))
+    print(json.dumps({k: report[k] for k in ("shelftally", "shelftally_int8", "shelftally_int8_detector", "naive",
+                                             "speedup", "speedup_int8", "speedup_int8_detector", "flops")}, indent=2))
 
 
 if __name__ == "__main__":

@@ -198,8 +198,8 @@ def quantize_cmd(
 ) -> None:
     """INT8 post-training quantisation (NNCF, OpenVINO) with the top-1 of FP32 and INT8 on the val pictures.
 
-    Writes openvino-int8/ into the model directory. Scans use it with models.precision=int8 and
-    backend openvino, only while its top-1 loss is within models.int8_max_accuracy_drop.
+    Writes openvino-int8/ into the model directory. Scans use it with models.classifier_precision=int8
+    and backend openvino, only while its top-1 loss is within models.int8_max_accuracy_drop.
     """
     from classifier.dataset import read_grocery_store, read_image_folder, read_list_file
     from classifier.quantize import quantize_classifier
@@ -238,7 +238,7 @@ def quantize_cmd(
             )
     except ShelfTallyError as error:
         raise _fail(error, as_json) from error
-    print_int8_record(record, margin, as_json)
+    print_int8_record(record, margin, as_json, "models.classifier_precision")
 
 
 @classifier_app.command("evaluate-enrollment")

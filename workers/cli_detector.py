@@ -150,7 +150,7 @@ def evaluate_cmd(
         )
 
 
-def print_int8_record(record: Any, max_drop_points: float, as_json: bool) -> None:
+def print_int8_record(record: Any, max_drop_points: float, as_json: bool, setting: str) -> None:
     """Show an INT8 record: per evaluation set FP32, INT8 and the delta, and whether the gate accepts it."""
     from shelftally.int8 import summarize
 
@@ -168,7 +168,7 @@ def print_int8_record(record: Any, max_drop_points: float, as_json: bool) -> Non
     verdict = "[green]used[/]" if summary["within_margin"] else "[red]not used[/] (FP32 runs instead)"
     console.print(
         f"worst loss {summary['worst_drop_points']:.2f} points; with the margin of {max_drop_points:g} "
-        f"(models.int8_max_accuracy_drop) INT8 is {verdict} when models.precision is int8"
+        f"(models.int8_max_accuracy_drop) INT8 is {verdict} when {setting} is int8 (backend openvino)"
     )
 
 
@@ -188,8 +188,8 @@ def quantize_cmd(
 ) -> None:
     """INT8 post-training quantisation (NNCF, OpenVINO) with the mAP50 of FP32 and INT8 on each --eval set.
 
-    Writes openvino-int8/ into the model directory. Scans use it with models.precision=int8 and
-    backend openvino, only while its worst mAP50 loss is within models.int8_max_accuracy_drop.
+    Writes openvino-int8/ into the model directory. Scans use it with models.detector_precision=int8
+    and backend openvino, only while its worst mAP50 loss is within models.int8_max_accuracy_drop.
     """
     import shlex
 
@@ -219,7 +219,7 @@ def quantize_cmd(
         raise _fail(error, as_json) from error
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--eval") from error
-    print_int8_record(record, margin, as_json)
+    print_int8_record(record, margin, as_json, "models.detector_precision")
 
 
 @detector_app.command("export")

@@ -176,7 +176,8 @@ def build_pipeline(
     models = settings.models
     detector_backend, recognizer = load_models(
         detector_dir, classifier_dir, backend=models.backend, threads=models.threads, conf=models.detector_confidence,
-        precision=models.precision, int8_max_drop_points=models.int8_max_accuracy_drop,
+        detector_precision=models.detector_precision, classifier_precision=models.classifier_precision,
+        int8_max_drop_points=models.int8_max_accuracy_drop,
     )
     return ScanPipeline(factory=factory, detector=detector_backend, recognizer=recognizer,
                         policy=settings.reconcile.policy(), config=config)

@@ -336,7 +336,8 @@ def load_models(
     backend: str = "onnx",
     threads: int | None = None,
     conf: float = 0.25,
-    precision: Literal["fp32", "int8"] = "fp32",
+    detector_precision: Literal["fp32", "int8"] = "fp32",
+    classifier_precision: Literal["fp32", "int8"] = "fp32",
     int8_max_drop_points: float = 1.0,
 ) -> tuple[DetectorBackend, Recognizer]:
     """Load the detector and the classifier (with its open-set threshold and gallery) once per process.
@@ -350,10 +351,12 @@ def load_models(
         backend: runtime of both (``onnx``, ``openvino``, ``torch``, ``tensorrt``).
         threads: intra-op threads per model (None: the runtime's default).
         conf: detector confidence threshold in [0, 1].
-        precision: ``"int8"`` runs each model's INT8 variant (OpenVINO only) when its recorded
-            accuracy loss is within ``int8_max_drop_points``, else its FP32 one with a warning
-            (:func:`shelftally.int8.choose_int8`); the backend's ``precision`` and ``version``
-            (suffix ``-int8``) say which ran, and scans record that version.
+        detector_precision, classifier_precision: ``"int8"`` runs that model's INT8 variant
+            (OpenVINO only) when its recorded accuracy loss is within ``int8_max_drop_points``,
+            else its FP32 one with a warning (:func:`shelftally.int8.choose_int8`); the
+            backend's ``precision`` and ``version`` (suffix ``-int8``) say which ran, and scans
+            record that version. Per model, because INT8 is not faster for every network on
+            every CPU (``bench/int8.py``, ``bench/e2e.py --int8``).
         int8_max_drop_points: the accuracy margin, percentage points of mAP50 / top-1.
 
     Returns:
@@ -373,17 +376,17 @@ def load_models(
                 "are the detector and classifier directories swapped?",
                 reason="not_a_detector",
             )
-    if precision == "int8" and backend != "openvino":
+    if "int8" in (detector_precision, classifier_precision) and backend != "openvino":
         raise ConfigurationError(f"precision int8 runs on the openvino backend, not {backend!r}",
                                  reason="int8_needs_openvino")
     key = (os.getpid(), str(Path(detector_dir).resolve()), str(Path(classifier_dir).resolve()), backend, threads,
-           conf, precision, int8_max_drop_points)
+           conf, detector_precision, classifier_precision, int8_max_drop_points)
     if key not in _MODELS:
-        openvino_precision: Literal["auto", "int8"] = "int8" if precision == "int8" else "auto"
         detector = load_detector(detector_dir, backend=backend, threads=threads, conf=conf,
-                                 openvino_precision=openvino_precision, int8_max_drop_points=int8_max_drop_points)
+                                 openvino_precision="int8" if detector_precision == "int8" else "auto",
+                                 int8_max_drop_points=int8_max_drop_points)
         recognizer = Recognizer.from_model_dir(classifier_dir, backend=backend, threads=threads,
-                                               openvino_precision=openvino_precision,
+                                               openvino_precision="int8" if classifier_precision == "int8" else "auto",
                                                int8_max_drop_points=int8_max_drop_points)
         _MODELS[key] = (detector, recognizer)
         logger.info("loaded detector %s (%s) and classifier %s (%s) on %s",

@@ -105,8 +105,11 @@ class ModelSettings(BaseModel):
     backend: Literal["onnx", "openvino", "torch", "tensorrt"] = "onnx"
     threads: int | None = Field(None, ge=1, description="intra-op threads per model; None: the runtime's default")
     detector_confidence: float = Field(0.25, ge=0, le=1, description="detector confidence threshold")
-    precision: Literal["fp32", "int8"] = Field(
-        "fp32", description="int8: the models' INT8 variants (openvino-int8/, `quantize`) within the accuracy margin"
+    detector_precision: Literal["fp32", "int8"] = Field(
+        "fp32", description="int8: the detector's INT8 variant (openvino-int8/, `quantize`) within the accuracy margin"
+    )
+    classifier_precision: Literal["fp32", "int8"] = Field(
+        "fp32", description="int8: the classifier's INT8 variant within the accuracy margin"
     )
     int8_max_accuracy_drop: float = Field(
         1.0, ge=0, description="most mAP50 / top-1 points an INT8 model may have lost against FP32 to be used"
@@ -114,7 +117,7 @@ class ModelSettings(BaseModel):
 
     @model_validator(mode="after")
     def _int8_runs_on_openvino(self) -> ModelSettings:
-        if self.precision == "int8" and self.backend != "openvino":
+        if "int8" in (self.detector_precision, self.classifier_precision) and self.backend != "openvino":
             raise ValueError("precision int8 runs on the openvino backend (set models.backend=openvino)")
         return self
 

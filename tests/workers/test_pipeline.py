@@ -347,13 +347,13 @@ def test_int8_needs_openvino_and_falls_back_to_fp32_without_an_int8_model(
     from shelftally.errors import ConfigurationError
 
     with pytest.raises(ConfigurationError) as caught:
-        load_models(tiny_detector, toy_classifier, backend="onnx", precision="int8")
+        load_models(tiny_detector, toy_classifier, backend="onnx", classifier_precision="int8")
     assert caught.value.reason == "int8_needs_openvino"
     classifier = tmp_path / "classifier"
     shutil.copytree(toy_classifier, classifier)
     export_openvino(classifier / "model.onnx")
     with caplog.at_level("WARNING"):
-        detector, recognizer = load_models(tiny_detector, classifier, backend="openvino", precision="int8",
-                                           threads=1)
+        detector, recognizer = load_models(tiny_detector, classifier, backend="openvino", detector_precision="int8",
+                                           classifier_precision="int8", threads=1)
     assert detector.precision == recognizer.backend.precision == "fp32"
     assert caplog.text.count("int8_missing") == 2

@@ -65,8 +65,10 @@ def test_dotenv_file_is_read(tmp_path: object) -> None:
         ({"SHELFTALLY_ALERTS__WEBHOOK_URL": "not a url"}, "absolute http(s) URL"),
         ({"SHELFTALLY_ALERTS__WEBHOOK_URL": "https://h/x", "SHELFTALLY_ALERTS__WEBHOOK_SECRET": ""}, "is empty"),
         ({"SHELFTALLY_ALERTS__BACKOFF_CAP_S": "1000"}, "less than 300"),
-        ({"SHELFTALLY_MODELS__PRECISION": "int8"}, "runs on the openvino backend"),
-        ({"SHELFTALLY_MODELS__PRECISION": "int4", "SHELFTALLY_MODELS__BACKEND": "openvino"}, "'fp32' or 'int8'"),
+        ({"SHELFTALLY_MODELS__DETECTOR_PRECISION": "int8"}, "runs on the openvino backend"),
+        ({"SHELFTALLY_MODELS__CLASSIFIER_PRECISION": "int8"}, "runs on the openvino backend"),
+        ({"SHELFTALLY_MODELS__DETECTOR_PRECISION": "int4", "SHELFTALLY_MODELS__BACKEND": "openvino"},
+         "'fp32' or 'int8'"),
         ({"SHELFTALLY_MODELS__INT8_MAX_ACCURACY_DROP": "-1"}, "greater than or equal to 0"),
     ],
 )
