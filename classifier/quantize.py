@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,30 +30,15 @@ from classifier.export import export_openvino
 from classifier.model_dir import WEIGHTS_ONNX, read_model_dir
 from classifier.preprocess import prepare_batch
 from shelftally.files import sha256_file
-from shelftally.int8 import INT8_DIR, Int8Record, install, quantize_openvino, write_record
+from shelftally.int8 import STAGED_DIR, Int8Record, StagedInt8, install, quantize_openvino, stage_progress, write_record
 
 __all__ = ["quantize_classifier", "top1"]
 
 logger = logging.getLogger(__name__)
 
 
-def _stage_progress(
-    progress: Callable[[str, int, int], None] | None, stage: str
-) -> Callable[[int, int], None] | None:
-    if progress is None:
-        return None
-    report = progress
-    return lambda done, total: report(stage, done, total)
-
-
-STAGED_DIR = f"{INT8_DIR}.staged"
-
-
-class _Int8Candidate(OpenVinoBackend):
-    """The OpenVINO backend on the INT8 model just made (``openvino-int8.staged/``), before it is scored."""
-
-    def _model_path(self) -> tuple[Path, str]:
-        return self.model_dir.file(f"{STAGED_DIR}/model.xml"), "int8"
+class _Int8Candidate(StagedInt8, OpenVinoBackend):
+    """The OpenVINO backend on the INT8 model just made, before it is scored."""
 
 
 def top1(
@@ -146,7 +130,7 @@ def quantize_classifier(
         for name in ("fp32", "int8"):
             backend = OpenVinoBackend(model, config) if name == "fp32" else _Int8Candidate(model, config)
             try:
-                scores[name] = round(top1(backend, evaluation, progress=_stage_progress(progress, f"top-1 {name}")), 4)
+                scores[name] = round(top1(backend, evaluation, progress=stage_progress(progress, f"top-1 {name}")), 4)
             finally:
                 backend.close()
         set_name = evaluation_name or f"{evaluation.root.name}/{evaluation.split or 'val'}"

@@ -41,7 +41,16 @@ from detector.export import export_openvino
 from detector.model_dir import WEIGHTS_ONNX, read_model_dir
 from detector.preprocess import letterbox
 from shelftally.files import sha256_file
-from shelftally.int8 import INT8_DIR, Int8Record, head_scope_patterns, install, quantize_openvino, write_record
+from shelftally.int8 import (
+    STAGED_DIR,
+    Int8Record,
+    StagedInt8,
+    head_scope_patterns,
+    install,
+    quantize_openvino,
+    stage_progress,
+    write_record,
+)
 
 __all__ = [
     "EvaluationSet",
@@ -61,23 +70,8 @@ VAL_IOU = 0.7
 VAL_MAX_DET = 300
 
 
-def _stage_progress(
-    progress: Callable[[str, int, int], None] | None, stage: str
-) -> Callable[[int, int], None] | None:
-    if progress is None:
-        return None
-    report = progress
-    return lambda done, total: report(stage, done, total)
-
-
-STAGED_DIR = f"{INT8_DIR}.staged"
-
-
-class _Int8Candidate(OpenVinoBackend):
-    """The OpenVINO backend on the INT8 model just made (``openvino-int8.staged/``), before it is scored."""
-
-    def _model_path(self) -> tuple[Path, str]:
-        return self.model_dir.file(f"{STAGED_DIR}/model.xml"), "int8"
+class _Int8Candidate(StagedInt8, OpenVinoBackend):
+    """The OpenVINO backend on the INT8 model just made, before it is scored."""
 
 
 @dataclass(frozen=True)
@@ -335,7 +329,7 @@ def quantize_detector(
     export_openvino(model.path)  # the FP32 IR, from the current weights: the baseline, and INT8's fallback
     batches, available = calibration_batches(model.path, data_yaml, split=calibration_split,
                                              pictures=calibration_pictures,
-                                             progress=_stage_progress(progress, "calibration pictures"))
+                                             progress=stage_progress(progress, "calibration pictures"))
     staged = model.path / STAGED_DIR
     shutil.rmtree(staged, ignore_errors=True)
     try:
@@ -350,7 +344,7 @@ def quantize_detector(
         try:
             for evaluation in evaluations:
                 scored = evaluate_backends(backends, evaluation.data_yaml, split=evaluation.split, agnostic=agnostic,
-                                           progress=_stage_progress(progress, f"score {evaluation.label}"))
+                                           progress=stage_progress(progress, f"score {evaluation.label}"))
                 results[evaluation.label] = {
                     "fp32": scored["fp32"]["mAP50"], "int8": scored["int8"]["mAP50"],
                     "pictures": scored["fp32"]["images"], "fp32_detail": scored["fp32"], "int8_detail": scored["int8"],

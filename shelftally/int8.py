@@ -50,14 +50,17 @@ __all__ = [
     "INT8_DIR",
     "INT8_RECORD",
     "INT8_XML",
+    "STAGED_DIR",
     "Int8Choice",
     "Int8Record",
+    "StagedInt8",
     "choose_int8",
     "head_scope_patterns",
     "install",
     "openvino_model_path",
     "quantize_openvino",
     "read_record",
+    "stage_progress",
     "summarize",
     "write_record",
 ]
@@ -67,6 +70,7 @@ logger = logging.getLogger(__name__)
 INT8_DIR = "openvino-int8"
 INT8_XML = f"{INT8_DIR}/model.xml"
 INT8_RECORD = f"{INT8_DIR}/int8.json"
+STAGED_DIR = f"{INT8_DIR}.staged"  # a new INT8 model and its record, before :func:`install`
 
 
 @dataclass(frozen=True)
@@ -318,6 +322,29 @@ def quantize_openvino(
     logger.info("quantised %s to %s with %d calibration pictures; %d nodes kept in FP32 by %s",
                 source_onnx, xml, subset, len(kept), patterns)
     return xml, kept
+
+
+class StagedInt8:
+    """Mixin for an OpenVINO backend class: load the staged INT8 model (``openvino-int8.staged/``) to score it.
+
+    ``class Candidate(StagedInt8, OpenVinoBackend)``: the gate is bypassed on purpose, since the
+    record that would let it pass is what the scoring produces.
+    """
+
+    model_dir: Any
+
+    def _model_path(self) -> tuple[Path, str]:
+        return Path(self.model_dir.file(f"{STAGED_DIR}/model.xml")), "int8"
+
+
+def stage_progress(
+    progress: Callable[[str, int, int], None] | None, stage: str
+) -> Callable[[int, int], None] | None:
+    """``progress(stage, done, total)`` as a ``(done, total)`` callback for one stage (None stays None)."""
+    if progress is None:
+        return None
+    report = progress
+    return lambda done, total: report(stage, done, total)
 
 
 def install(model_root: Path, staged: Path) -> Path:

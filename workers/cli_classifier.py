@@ -13,18 +13,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from shelftally.errors import ShelfTallyError
-from workers.console import console, err_console, print_error, print_json
+from workers.console import console, err_console, print_error, print_json, stage_bars
 
 classifier_app = typer.Typer(no_args_is_help=True, help="Train the SKU classifier and measure open-set enrollment.")
 sku_app = typer.Typer(no_args_is_help=True, help="Enroll SKUs in a classifier's gallery without retraining.")
@@ -210,7 +202,6 @@ def quantize_cmd(
         raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(_FORMATS)}", param_hint="--format")
     if fmt != "grocery" and val_data is None:
         raise typer.BadParameter("--val is needed with --format folder or list", param_hint="--val")
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         margin = Settings.from_environment().models.int8_max_accuracy_drop
         name = None
@@ -224,14 +215,7 @@ def quantize_cmd(
             train_set = read_list_file(data, split="train")
             assert val_data is not None  # checked above
             val = read_list_file(val_data, class_names=train_set.class_names, split="val")
-        with Progress(*columns, console=err_console, transient=True) as bar:
-            tasks: dict[str, TaskID] = {}
-
-            def show(stage: str, done: int, total: int) -> None:
-                if stage not in tasks:
-                    tasks[stage] = bar.add_task(stage, total=total)
-                bar.update(tasks[stage], completed=done)
-
+        with stage_bars() as show:
             record = quantize_classifier(
                 model_dir, train_set, val, calibration_pictures=calibration, evaluation_name=name,
                 command=shlex.join(["shelftally", *sys.argv[1:]]), progress=show,

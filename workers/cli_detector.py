@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from shelftally.errors import ConfigurationError, ShelfTallyError
-from workers.console import console, err_console, print_error
+from workers.console import console, err_console, print_error, stage_bars
 
 detector_app = typer.Typer(no_args_is_help=True, help="Train, export and synthesise data for the product detector.")
 
@@ -200,17 +200,9 @@ def quantize_cmd(
         sets = [parse_evaluation_set(text) for text in evaluations]
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--eval") from error
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         margin = Settings.from_environment().models.int8_max_accuracy_drop
-        with Progress(*columns, console=err_console, transient=True) as bar:
-            tasks: dict[str, Any] = {}
-
-            def show(stage: str, done: int, total: int) -> None:
-                if stage not in tasks:
-                    tasks[stage] = bar.add_task(stage, total=total)
-                bar.update(tasks[stage], completed=done)
-
+        with stage_bars() as show:
             record = quantize_detector(
                 model_dir, data, sets, calibration_split=calibration_split, calibration_pictures=calibration,
                 agnostic=agnostic, command=shlex.join(["shelftally", *sys.argv[1:]]), progress=show,

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from inventory.errors import ImportFileError
 from shelftally.errors import ShelfTallyError
@@ -35,3 +38,18 @@ def print_error(error: ShelfTallyError, *, as_json: bool = False) -> None:
     if isinstance(error, ImportFileError):
         for line, reason in error.row_errors:
             err_console.print(f"  line {line}: {escape(reason)}", highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def stage_bars() -> Iterator[Callable[[str, int, int], None]]:
+    """Progress bars on stderr, one per stage: yields ``progress(stage, done, total)`` for long commands."""
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def show(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done)
+
+        yield show

@@ -20,6 +20,7 @@ one per core); give each of several worker processes on one machine ``cores // p
 from __future__ import annotations
 
 import logging
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -136,7 +137,7 @@ class BackendConfig:
             problems.append(
                 f"openvino_precision: expected 'auto', 'f32' or 'int8', received {self.openvino_precision!r}"
             )
-        if self.int8_max_drop_points < 0:
+        if not math.isfinite(self.int8_max_drop_points) or self.int8_max_drop_points < 0:
             problems.append(f"int8_max_drop_points: expected >= 0, received {self.int8_max_drop_points}")
         if problems:
             raise ConfigurationError("; ".join(problems), reason="invalid_backend_config")

@@ -18,6 +18,7 @@ one per core). When several worker processes share a machine, give each ``cores 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from abc import ABC, abstractmethod
@@ -150,7 +151,7 @@ class BackendConfig:
                 f"openvino_precision: expected 'auto', 'f32' or 'int8', received {self.openvino_precision!r}",
                 reason="invalid_backend_config",
             )
-        if self.int8_max_drop_points < 0:
+        if not math.isfinite(self.int8_max_drop_points) or self.int8_max_drop_points < 0:
             raise ConfigurationError(
                 f"int8_max_drop_points: expected >= 0, received {self.int8_max_drop_points}",
                 reason="invalid_backend_config",

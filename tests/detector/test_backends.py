@@ -252,7 +252,9 @@ def test_a_missing_runtime_names_its_pip_extra(
         ({"batch_size": 0}, "batch_size"),
         ({"threads": 0}, "threads"),
         ({"device": "tpu"}, "device"),
-        ({"openvino_precision": "int8"}, "openvino_precision"),
+        ({"openvino_precision": "int4"}, "openvino_precision"),
+        ({"int8_max_drop_points": -1.0}, "int8_max_drop_points"),
+        ({"int8_max_drop_points": float("nan")}, "int8_max_drop_points"),
     ],
 )
 def test_invalid_settings_are_refused(tiny_detector: Path, settings: dict[str, object], mentions: str) -> None:
