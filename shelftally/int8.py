@@ -149,7 +149,8 @@ def read_record(model_root: Path) -> Int8Record:
                         or not 0.0 <= value <= 1.0:
                     raise ValueError(f"evaluation {name!r}: {key} {value!r} is not an accuracy in [0, 1]")
     except (TypeError, KeyError, AttributeError, ValueError) as error:
-        raise ValueError(f"{path}: not a valid INT8 record: {error!r}") from error
+        problem = f"missing field {error}" if isinstance(error, KeyError) else str(error)
+        raise ValueError(f"{path}: not a valid INT8 record: {problem}") from error
     return record
 
 
@@ -197,7 +198,7 @@ def choose_int8(model_root: Path, *, source: str, max_drop_points: float) -> Int
     try:
         record = read_record(model_root)
     except (OSError, ValueError) as error:
-        return Int8Choice(False, "int8_record_invalid", f"cannot read {model_root / INT8_RECORD}: {error}")
+        return Int8Choice(False, "int8_record_invalid", str(error))
     current = model_root / source
     if record.source != source or not current.is_file() or sha256_file(current) != record.source_sha256:
         return Int8Choice(False, "int8_stale", f"{model_root / INT8_XML} was made from other weights than the "
