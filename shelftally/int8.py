@@ -268,8 +268,6 @@ def quantize_openvino(
     calibration: Sequence[npt.NDArray[np.float32]],
     *,
     ignored_patterns: Sequence[str] | Callable[[list[str]], Sequence[str]] = (),
-    ignored_types: Sequence[str] = (),
-    input_shape: Sequence[int] | None = None,
 ) -> tuple[Path, list[str]]:
     """Quantise an FP32 ONNX model to an INT8 OpenVINO IR with NNCF.
 
@@ -283,8 +281,6 @@ def quantize_openvino(
         ignored_patterns: node-name regular expressions (matched from the start of the name, as
             NNCF's ``IgnoredScope`` does with ``re.match``) left in FP32, or a function of the
             model's node names that returns them (:func:`head_scope_patterns`).
-        ignored_types: operation types left in FP32 (e.g. ``"Sigmoid"``).
-        input_shape: reshape the input before quantising (None: keep the model's, dynamic batch included).
 
     Returns:
         ``(path of model.xml, names of the nodes the patterns kept in FP32)``.
@@ -300,14 +296,12 @@ def quantize_openvino(
     nncf = import_runtime("nncf", extra="int8", purpose="INT8 quantisation")
     try:
         model = ov.Core().read_model(str(source_onnx))
-        if input_shape is not None:
-            model.reshape(list(input_shape))
         names = [op.get_friendly_name() for op in model.get_ops()]
         patterns = list(ignored_patterns(names) if callable(ignored_patterns) else ignored_patterns)
         kept = [name for name in names if any(re.match(pattern, name) for pattern in patterns)]
         scope = None
-        if patterns or ignored_types:
-            scope = nncf.IgnoredScope(patterns=patterns, types=list(ignored_types), validate=False)
+        if patterns:
+            scope = nncf.IgnoredScope(patterns=patterns, validate=False)
         subset = sum(int(batch.shape[0]) for batch in calibration)
         nncf.set_log_level(logging.WARNING)
         with contextlib.redirect_stdout(sys.stderr):
