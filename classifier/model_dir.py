@@ -169,6 +169,10 @@ class Architecture:
             ``nn.Linear`` with bias on the normalised embedding.
         logit_scale: the cosine head's scale (inverse temperature); ignored by ``"linear"``.
         dropout: dropout probability on the pooled backbone features during training.
+        backbone_weights: registered pretrained weights (``classifier.pretrained``) the backbone
+            holds unchanged (a linear probe); ``model.pt`` then stores only the embedding and
+            head, and the backbone is rebuilt from those weights (checked by sha256). None:
+            ``model.pt`` holds every tensor.
     """
 
     name: str
@@ -176,6 +180,7 @@ class Architecture:
     head: HeadKind = "cosine"
     logit_scale: float = 16.0
     dropout: float = 0.2
+    backbone_weights: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -188,6 +193,12 @@ class Architecture:
             raise ValueError(f"logit_scale: expected a positive number, received {self.logit_scale!r}")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"dropout: expected a probability in [0, 1), received {self.dropout!r}")
+        if self.backbone_weights is not None and not (
+            isinstance(self.backbone_weights, str) and self.backbone_weights.startswith(self.name + ".")
+        ):
+            raise ValueError(
+                f"backbone_weights: expected a name {self.name}.<tag>, received {self.backbone_weights!r}"
+            )
 
 
 @dataclass(frozen=True)

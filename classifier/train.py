@@ -34,10 +34,10 @@ import random
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import cv2
 import numpy as np
@@ -45,6 +45,7 @@ import numpy.typing as npt
 
 from classifier.dataset import DatasetItem, ImageDataset, load_image
 from classifier.errors import DatasetError, MissingDependencyError
+from classifier.metrics import classification_metrics
 from classifier.model_dir import Architecture, Preprocess
 from classifier.openset import (
     OpenSetCalibration,
@@ -57,6 +58,8 @@ from classifier.openset import (
     write_openset,
 )
 from classifier.preprocess import prepare_batch, resize_crop
+from classifier.pretrained import lookup as lookup_pretrained
+from classifier.pretrained import split_name
 
 try:
     import torch
@@ -71,7 +74,15 @@ except ImportError as _error:  # pragma: no cover - the tests run with torch ins
 from classifier.backbones import EmbeddingClassifier, build_model, recalibrate_batchnorm, save_model_dir
 from classifier.export import export_onnx
 
-__all__ = ["CACHE_SCALE", "EpochProgress", "classification_metrics", "train_classifier"]
+__all__ = [
+    "CACHE_SCALE",
+    "TRAIN_MODES",
+    "EpochProgress",
+    "TrainMode",
+    "classification_metrics",
+    "fold_assignments",
+    "train_classifier",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +120,17 @@ class _Cached:
     labels: npt.NDArray[np.int64]  # (N,)
 
 
-def _decode(items: Sequence[DatasetItem], side: int, digest: Any) -> _Cached:
-    pad = Preprocess(input_size=side)
+def _cache_preprocess(preprocess: Preprocess, side: int) -> Preprocess:
+    """How a picture is kept in memory: letterboxed to ``side``, or (for weights evaluated with a
+    centre crop) its central square at ``side``, so that the deployment preprocessing applied to
+    the cached copy equals the preprocessing applied to the picture up to a second resize."""
+    if preprocess.resize == "center_crop":
+        return Preprocess(input_size=side, resize="center_crop", crop_pct=1.0, interpolation=preprocess.interpolation)
+    return Preprocess(input_size=side, resize=preprocess.resize, pad_value=preprocess.pad_value)
+
+
+def _decode(items: Sequence[DatasetItem], side: int, digest: Any, preprocess: Preprocess) -> _Cached:
+    pad = _cache_preprocess(preprocess, side)
     images = np.empty((len(items), side, side, 3), np.uint8)
     for i, item in enumerate(items):
         digest.update(f"{item.path.name}:{item.class_index}:".encode())
@@ -153,15 +173,40 @@ def _batches(images: npt.NDArray[np.uint8], preprocess: Preprocess) -> list[torc
     ]
 
 
+def _features(
+    model: EmbeddingClassifier, images: npt.NDArray[np.uint8], preprocess: Preprocess,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """(N, F) float32 pooled backbone features (eval mode) of cached images, deployment-prepared
+    or, with ``transform``, augmented."""
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), _EVAL_BATCH):
+            chunk = images[start : start + _EVAL_BATCH]
+            if transform is None:
+                batch = torch.from_numpy(prepare_batch(list(chunk), preprocess))
+            else:
+                batch = torch.stack([transform(torch.from_numpy(image).permute(2, 0, 1)) for image in chunk])
+            out.append(model.backbone(batch.contiguous(memory_format=torch.channels_last)))
+    return torch.cat(out) if out else torch.zeros((0, model.feature_dim))
+
+
 def _forward(
-    model: EmbeddingClassifier, images: npt.NDArray[np.uint8], preprocess: Preprocess
+    model: EmbeddingClassifier, images: npt.NDArray[np.uint8], preprocess: Preprocess,
+    features: torch.Tensor | None = None,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """(N, C) logits and (N, D) embeddings of cached images in eval mode; with ``features``
+    (their precomputed backbone output, a probe) only the embedding and head run."""
     model.eval()
     logits, embeddings = [], []
     with torch.no_grad():
         for start in range(0, len(images), _EVAL_BATCH):
-            batch = torch.from_numpy(prepare_batch(list(images[start : start + _EVAL_BATCH]), preprocess))
-            out_logits, out_embedding = model(batch)
+            if features is not None:
+                out_logits, out_embedding = model.classify_features(features[start : start + _EVAL_BATCH])
+            else:
+                batch = torch.from_numpy(prepare_batch(list(images[start : start + _EVAL_BATCH]), preprocess))
+                out_logits, out_embedding = model(batch.contiguous(memory_format=torch.channels_last))
             logits.append(out_logits.numpy())
             embeddings.append(out_embedding.numpy())
     classes, dim = model.num_classes, model.embedding_dim
@@ -169,46 +214,6 @@ def _forward(
         np.concatenate(logits).astype(np.float32) if logits else np.zeros((0, classes), np.float32),
         np.concatenate(embeddings).astype(np.float32) if embeddings else np.zeros((0, dim), np.float32),
     )
-
-
-def classification_metrics(
-    logits: npt.NDArray[np.float32], class_ids: npt.NDArray[np.int64], labels: Sequence[str]
-) -> dict[str, Any]:
-    """Top-1, top-5, macro precision / recall / F1 and per-class accuracy.
-
-    Args:
-        logits: (N, C) float32 network outputs.
-        class_ids: (N,) int64 true classes.
-        labels: the C SKU codes.
-
-    Returns:
-        ``{"top1", "top5", "macro_precision", "macro_recall", "macro_f1", "per_class_accuracy",
-        "val_items"}``; macro averages run over the classes present in ``class_ids`` (precision
-        of a class never predicted counts as 0); ``per_class_accuracy`` maps each SKU code with
-        validation items to its recall.
-    """
-    n, c = logits.shape
-    if n == 0:
-        return {"top1": 0.0, "top5": 0.0, "macro_precision": 0.0, "macro_recall": 0.0, "macro_f1": 0.0,
-                "per_class_accuracy": {}, "val_items": 0}
-    predicted = logits.argmax(axis=1)
-    top5 = np.argsort(-logits, axis=1)[:, : min(5, c)]
-    confusion = np.zeros((c, c), np.int64)
-    np.add.at(confusion, (class_ids, predicted), 1)
-    present = np.flatnonzero(confusion.sum(axis=1))
-    true_positive = np.diag(confusion).astype(np.float64)
-    recall = true_positive / np.maximum(confusion.sum(axis=1), 1)
-    precision = true_positive / np.maximum(confusion.sum(axis=0), 1)
-    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
-    return {
-        "top1": float((predicted == class_ids).mean()),
-        "top5": float((top5 == class_ids[:, None]).any(axis=1).mean()),
-        "macro_precision": float(precision[present].mean()),
-        "macro_recall": float(recall[present].mean()),
-        "macro_f1": float(f1[present].mean()),
-        "per_class_accuracy": {labels[i]: float(recall[i]) for i in present.tolist()},
-        "val_items": int(n),
-    }
 
 
 def _split(
@@ -243,6 +248,247 @@ def _schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     return factor
 
 
+TrainMode = Literal["probe", "partial", "full"]
+"""How much of a (pretrained) backbone adapts (Kornblith et al., "Do Better ImageNet Models
+Transfer Better?", CVPR 2019; Kumar et al., "Fine-Tuning can Distort Pretrained Features",
+ICLR 2022):
+
+- ``"probe"``: linear probe. The backbone is frozen (BatchNorm statistics too); its pooled
+  features are computed once per image, clean and for ``probe_views`` augmented views, and only
+  the embedding and head train on them (an epoch then costs milliseconds).
+- ``"partial"``: the first ``frozen_stages`` stages are frozen (their BatchNorm statistics kept),
+  the rest trains with layer-wise learning-rate decay.
+- ``"full"``: everything trains; the backbone's learning rate is ``lr x backbone_lr_scale``,
+  decayed by ``layer_decay`` per stage from the top (layer-wise decay of Clark et al., ELECTRA,
+  ICLR 2020; Bao et al., BEiT, ICLR 2022).
+"""
+
+TRAIN_MODES: tuple[str, ...] = get_args(TrainMode)
+
+
+def _param_groups(
+    model: EmbeddingClassifier, lr: float, backbone_lr_scale: float, layer_decay: float
+) -> list[dict[str, Any]]:
+    """AdamW groups: embedding and head at ``lr``; backbone stage k of S at
+    ``lr x backbone_lr_scale x layer_decay^(S - 1 - k)``; frozen parameters left out."""
+    groups: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    stages = model.stages
+    for k, stage in enumerate(stages):
+        params = [p for p in stage.parameters() if p.requires_grad and id(p) not in seen]
+        seen.update(id(p) for p in params)
+        if params:
+            groups.append({"params": params, "lr": lr * backbone_lr_scale * layer_decay ** (len(stages) - 1 - k)})
+    rest_backbone = [p for p in model.backbone.parameters() if p.requires_grad and id(p) not in seen]
+    seen.update(id(p) for p in rest_backbone)
+    if rest_backbone:  # parameters outside the listed stages: the lowest rate of the backbone
+        groups.append({"params": rest_backbone, "lr": lr * backbone_lr_scale * layer_decay ** max(0, len(stages) - 1)})
+    head = [p for p in model.parameters() if p.requires_grad and id(p) not in seen]
+    groups.append({"params": head, "lr": lr})
+    return groups
+
+
+def fold_assignments(class_ids: npt.NDArray[np.int64], folds: int) -> npt.NDArray[np.int64]:
+    """Stratified k-fold split, by capture sequence: each class's items, in dataset order, are cut
+    into ``folds`` contiguous runs of near-equal length.
+
+    Grocery Store pictures of one class are consecutive shots of the same products; a random
+    split would put near-duplicates on both sides and overrate every model. Contiguous runs keep
+    most of a sequence on one side.
+
+    Args:
+        class_ids: (N,) int64 class of each item, in dataset order.
+        folds: k >= 2.
+
+    Returns:
+        (N,) int64 fold index in [0, k) of each item. A class with fewer than k items has no item
+        in some folds.
+
+    Raises:
+        ValueError: ``folds < 2``.
+    """
+    if folds < 2:
+        raise ValueError(f"folds: expected >= 2, received {folds}")
+    out = np.zeros(len(class_ids), np.int64)
+    for c in np.unique(class_ids):
+        members = np.flatnonzero(class_ids == c)
+        out[members] = (np.arange(len(members)) * folds) // max(1, len(members))
+    return out
+
+
+@dataclass
+class _Recipe:
+    backbone: str
+    input_size: int
+    embedding_dim: int
+    head: str
+    epochs: int
+    batch: int
+    lr: float
+    weight_decay: float
+    label_smoothing: float
+    mode: TrainMode
+    frozen_stages: int
+    trainable_stages: int
+    backbone_lr_scale: float
+    layer_decay: float
+    probe_views: int
+    weights: str | None
+    pretrained: str | Path | None
+    allow_partial: bool
+    patience: int
+    seed: int
+    threads: int | None
+
+
+@dataclass
+class _Fitted:
+    model: EmbeddingClassifier
+    best_top1: float
+    best_epoch: int
+    epochs_run: int
+    epoch_seconds: list[float]
+    train_features: torch.Tensor | None  # probe: clean features of the training cache
+    val_features: torch.Tensor | None
+
+
+def _build(recipe: _Recipe, classes: int) -> EmbeddingClassifier:
+    architecture = Architecture(
+        recipe.backbone, embedding_dim=recipe.embedding_dim, head=recipe.head,  # type: ignore[arg-type]
+        backbone_weights=recipe.weights if recipe.mode == "probe" and recipe.weights and not recipe.allow_partial
+        else None,
+    )
+    model = build_model(
+        architecture, classes, pretrained=recipe.pretrained, weights=recipe.weights,
+        allow_partial=recipe.allow_partial, freeze=recipe.mode == "probe" or recipe.trainable_stages > 0,
+        trainable_stages=recipe.trainable_stages if recipe.mode != "probe" else 0,
+        frozen_stages=recipe.frozen_stages if recipe.mode == "partial" else 0,
+    )
+    return model.to(memory_format=torch.channels_last)
+
+
+def _fit(
+    recipe: _Recipe, preprocess: Preprocess, train_cache: _Cached, val_cache: _Cached, classes: int,
+    rng: np.random.Generator, progress: Callable[[EpochProgress], None] | None,
+) -> _Fitted:
+    """Train one network on cached pictures, keeping the epoch with the best validation top-1."""
+    model = _build(recipe, classes)
+    augment = _augmentation(preprocess)
+    generator = torch.Generator().manual_seed(recipe.seed)
+    train_features = val_features = None
+    views: list[torch.Tensor] = []
+    if recipe.mode == "probe":
+        train_features = _features(model, train_cache.images, preprocess)
+        val_features = _features(model, val_cache.images, preprocess)
+        views = [train_features] + [
+            _features(model, train_cache.images, preprocess, augment) for _ in range(recipe.probe_views)
+        ]
+        targets_all = torch.from_numpy(train_cache.labels)
+        steps_per_epoch = max(1, math.ceil(len(train_cache.labels) / recipe.batch))
+        loader = None
+    else:
+        loader = DataLoader(
+            _Augmented(train_cache, augment), batch_size=recipe.batch, shuffle=True, num_workers=0,
+            drop_last=len(train_cache.labels) > recipe.batch, generator=generator,
+        )
+        steps_per_epoch = len(loader)
+    total_steps = steps_per_epoch * recipe.epochs
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, recipe.lr, recipe.backbone_lr_scale, recipe.layer_decay), weight_decay=recipe.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _schedule(total_steps, max(1, min(total_steps // 20, 3 * steps_per_epoch)))
+    )
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    recalibration_index = rng.permutation(len(train_cache.labels))[:_RECALIBRATION_CROPS]
+    recalibration = _batches(train_cache.images[np.sort(recalibration_index)], preprocess)
+
+    best_top1, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
+    epoch_seconds: list[float] = []
+    epochs_run = 0
+    for epoch in range(1, recipe.epochs + 1):
+        epoch_started = time.perf_counter()
+        model.train()
+        losses: list[float] = []
+        if loader is None:  # probe: one view per picture, drawn anew each epoch
+            n = len(targets_all)
+            pick = torch.randint(len(views), (n,), generator=generator)
+            stacked = torch.stack(views)  # (V + 1, N, F)
+            epoch_features = stacked[pick, torch.arange(n)]
+            order = torch.randperm(n, generator=generator)
+            batches: Any = (
+                (epoch_features[order[i : i + recipe.batch]], targets_all[order[i : i + recipe.batch]])
+                for i in range(0, n, recipe.batch)
+            )
+        else:
+            batches = loader
+        for inputs, targets in batches:
+            if loader is None:
+                logits, _ = model.classify_features(inputs)
+            else:
+                logits, _ = model(inputs.contiguous(memory_format=torch.channels_last))
+            loss = criterion(logits, targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss.item()))
+        if loader is not None:
+            recalibrate_batchnorm(model, recalibration)
+        val_logits, _ = _forward(model, val_cache.images, preprocess, val_features)
+        top1 = float((val_logits.argmax(axis=1) == val_cache.labels).mean()) if len(val_logits) else 0.0
+        epochs_run = epoch
+        if top1 >= best_top1:  # ties: the later epoch (trained longer at a lower learning rate)
+            best_top1, best_epoch, best_state = top1, epoch, copy.deepcopy(model.state_dict())
+        seconds = time.perf_counter() - epoch_started
+        epoch_seconds.append(seconds)
+        train_loss = float(np.mean(losses)) if losses else float("nan")
+        logger.info("epoch %s/%s: loss %.4f, val top-1 %.4f (%.1f s)", epoch, recipe.epochs, train_loss, top1, seconds)
+        if progress is not None:
+            progress(EpochProgress(epoch, recipe.epochs, train_loss, top1, best_top1, seconds))
+        if epoch - best_epoch >= recipe.patience:
+            logger.info("early stop after epoch %s: no better val top-1 for %s epochs", epoch, recipe.patience)
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    return _Fitted(model, best_top1, best_epoch, epochs_run, epoch_seconds, train_features, val_features)
+
+
+def _subset(cache: _Cached, mask: npt.NDArray[np.bool_]) -> _Cached:
+    return _Cached(cache.images[mask], cache.labels[mask])
+
+
+def _cross_validate(
+    recipe: _Recipe, preprocess: Preprocess, cache: _Cached, classes: int, folds: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """k-fold top-1 on the training pictures (:func:`fold_assignments`) with the same recipe; each
+    fold model stops early on its own held-out fold, so the figure is mildly optimistic."""
+    assignment = fold_assignments(cache.labels, folds)
+    scores: list[float] = []
+    items: list[int] = []
+    for fold in range(folds):
+        held = assignment == fold
+        if not held.any() or held.all():
+            continue
+        fitted = _fit(recipe, preprocess, _subset(cache, ~held), _subset(cache, held), classes,
+                      np.random.default_rng(recipe.seed + fold + 1), None)
+        scores.append(fitted.best_top1)
+        items.append(int(held.sum()))
+        logger.info("cross-validation fold %s/%s: top-1 %.4f on %s pictures", fold + 1, folds, scores[-1], items[-1])
+        if progress is not None:
+            progress(fold + 1, folds)
+    weights = np.array(items, np.float64)
+    return {
+        "folds": folds,
+        "split": "stratified by class, contiguous runs of each class's pictures (capture sequences)",
+        "top1": float(np.average(scores, weights=weights)) if scores else None,
+        "top1_std": float(np.std(scores)) if scores else None,
+        "per_fold_top1": [round(x, 4) for x in scores],
+        "per_fold_items": items,
+    }
+
+
 def train_classifier(
     dataset: ImageDataset,
     *,
@@ -250,16 +496,25 @@ def train_classifier(
     val: ImageDataset | None = None,
     val_fraction: float = 0.2,
     backbone: str = "mobilenet_v3_large",
-    input_size: int = 128,
+    input_size: int | None = None,
     embedding_dim: int = 128,
+    head: str = "cosine",
     epochs: int = 30,
     batch: int = 32,
     lr: float = 3e-3,
     weight_decay: float = 0.05,
     label_smoothing: float = 0.1,
+    mode: TrainMode = "full",
+    frozen_stages: int = 0,
+    backbone_lr_scale: float = 1.0,
+    layer_decay: float = 1.0,
+    probe_views: int = 4,
     freeze: bool = False,
     trainable_stages: int = 0,
     pretrained: str | Path | None = None,
+    allow_partial: bool = False,
+    resize: str | None = None,
+    cv_folds: int = 0,
     seed: int = 0,
     patience: int = 5,
     holdout_classes: int = 0,
@@ -267,6 +522,7 @@ def train_classifier(
     false_reject_rate: float = 0.05,
     extra_train_items: Sequence[DatasetItem] = (),
     progress: Callable[[EpochProgress], None] | None = None,
+    cv_progress: Callable[[int, int], None] | None = None,
     command: str | None = None,
 ) -> Path:
     """Train a classifier and write its model directory.
@@ -277,17 +533,29 @@ def train_classifier(
         val: the validation images (same class names); None: ``val_fraction`` of each class of
             ``dataset`` is held out (stratified, seeded).
         val_fraction: see ``val``.
-        backbone: a name in :data:`classifier.backbones.BACKBONES`.
-        input_size: S, pixels (square input, letterboxed).
+        backbone: a name in :data:`classifier.backbones.BACKBONES`, or with registered pretrained
+            weights in timm's style (``"efficientnet_lite0.imagenet"``, :mod:`classifier.pretrained`):
+            the weights' own preprocessing (size, mean/std, resize, interpolation) is then used.
+        input_size: S, pixels (square input); None: the pretrained weights' size, else 128.
         embedding_dim: D.
+        head: ``"cosine"`` or ``"linear"`` (:class:`~classifier.model_dir.Architecture`).
         epochs: the most epochs to run.
         batch: crops per optimizer step.
-        lr: peak AdamW learning rate.
+        lr: peak AdamW learning rate of the embedding and head.
         weight_decay: AdamW weight decay.
         label_smoothing: cross-entropy label smoothing.
-        freeze: freeze the backbone except its last ``trainable_stages`` stages.
+        mode: ``"probe"``, ``"partial"`` or ``"full"`` (:data:`TrainMode`).
+        frozen_stages: ``"partial"``: the number of first backbone stages frozen (>= 1).
+        backbone_lr_scale: the backbone's top stage learns at ``lr x backbone_lr_scale``.
+        layer_decay: each stage lower learns ``layer_decay`` times slower (1: no decay).
+        probe_views: ``"probe"``: augmented views per picture whose features are computed.
+        freeze: legacy spelling: freeze the backbone except its last ``trainable_stages`` stages.
         trainable_stages: see ``freeze``.
         pretrained: local backbone weights (:func:`classifier.backbones.load_pretrained`).
+        allow_partial: load the pretrained tensors that fit instead of refusing a partial match.
+        resize: override the resize policy (``letterbox``, ``stretch``, ``center_crop``).
+        cv_folds: k >= 2: also report k-fold cross-validated top-1 on ``dataset``
+            (:func:`fold_assignments`; k more trainings) in ``metrics.json`` under ``cross_validation``.
         seed: seeds torch, numpy and Python's ``random``.
         patience: stop after this many epochs without a better validation top-1.
         holdout_classes: N > 0 leaves N randomly chosen classes (seeded) out of training to
@@ -296,8 +564,9 @@ def train_classifier(
         false_accept_rate: with held-out classes, the fraction of unknown crops to accept.
         false_reject_rate: without held-out classes, the fraction of known crops to reject.
         extra_train_items: more training items (e.g. catalogue packshots), class indices of
-            ``dataset.class_names``; never used for validation.
-        progress: called after every epoch.
+            ``dataset.class_names``; never used for validation or cross-validation folds.
+        progress: called after every epoch of the final training.
+        cv_progress: called with ``(folds done, folds)`` during cross-validation.
         command: the command line that reproduces the run (recorded in ``provenance.json``).
 
     Returns:
@@ -306,24 +575,50 @@ def train_classifier(
     Raises:
         DatasetError: fewer than 2 trainable classes, no validation items, or ``val`` has other
             classes (reasons ``too_few_classes``, ``empty_split``, ``class_mismatch``).
-        ModelLoadError: unknown backbone, unusable ``pretrained`` weights or a failed export.
+        ModelLoadError: unknown backbone, unusable pretrained weights or a failed export.
+        MissingDependencyError: the backbone or its weights need the ``pretrained`` extra.
         ValueError: an argument out of range.
     """
     if epochs < 1 or batch < 1 or patience < 1:
         raise ValueError(f"epochs, batch, patience: expected >= 1, received {epochs}, {batch}, {patience}")
     if holdout_classes < 0:
         raise ValueError(f"holdout_classes: expected >= 0, received {holdout_classes}")
+    if mode not in TRAIN_MODES:
+        raise ValueError(f"mode: expected one of {', '.join(TRAIN_MODES)}, received {mode!r}")
+    if mode == "partial" and frozen_stages < 1:
+        raise ValueError("frozen_stages: partial fine-tuning needs at least 1 frozen stage")
+    if mode != "partial" and frozen_stages:
+        raise ValueError(f"frozen_stages: only with mode 'partial', received mode {mode!r}")
+    if freeze:  # legacy flags
+        if mode != "full":
+            raise ValueError("freeze: give mode or freeze, not both")
+        mode = "partial" if trainable_stages else "probe"
+    elif trainable_stages:
+        raise ValueError("trainable_stages: only meaningful with freeze=True")
+    if not backbone_lr_scale > 0 or not 0 < layer_decay <= 1:
+        raise ValueError(f"backbone_lr_scale > 0, layer_decay in (0, 1]: received {backbone_lr_scale}, {layer_decay}")
+    if probe_views < 0:
+        raise ValueError(f"probe_views: expected >= 0, received {probe_views}")
+    if cv_folds == 1 or cv_folds < 0:
+        raise ValueError(f"cv_folds: expected 0 (off) or >= 2, received {cv_folds}")
     started = time.perf_counter()
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    preprocess = Preprocess(input_size=input_size)
+    architecture_name, tag = split_name(backbone)
+    weights = backbone if tag is not None else None
+    if weights is not None and pretrained is not None:
+        raise ValueError(f"pretrained: {backbone!r} already names its weights; give a file or a name, not both")
+    cfg = lookup_pretrained(weights) if weights is not None else None
+    preprocess = cfg.preprocess(input_size) if cfg is not None else Preprocess(input_size=input_size or 128)
+    if resize is not None:
+        preprocess = replace(preprocess, resize=resize)  # type: ignore[arg-type]
     train_items, val_items = _split(dataset, val, val_fraction, rng)
-    train_items = train_items + list(extra_train_items)
+    extra_items = list(extra_train_items)
 
     names = dataset.class_names
-    present = sorted({item.class_index for item in train_items})
+    present = sorted({item.class_index for item in train_items + extra_items})
     held = sorted(rng.choice(present, size=holdout_classes, replace=False).tolist()) if holdout_classes else []
     kept = [i for i in present if i not in held]
     if len(kept) < 2:
@@ -337,77 +632,41 @@ def train_classifier(
         return [it for it in items if it.class_index in held]
 
     unknown_items = relabel(train_items, False) + relabel(val_items, False)
-    train_items, val_items = relabel(train_items, True), relabel(val_items, True)
+    train_items, val_items, extra_items = (
+        relabel(train_items, True), relabel(val_items, True), relabel(extra_items, True)
+    )
     if not val_items:
         raise DatasetError("no validation images for the trained classes", reason="empty_split")
 
-    side = math.ceil(CACHE_SCALE * input_size)
+    side = math.ceil(CACHE_SCALE * preprocess.input_size)
     digest = hashlib.sha256()
     decode_started = time.perf_counter()
-    train_cache = _decode(train_items, side, digest)
-    val_cache = _decode(val_items, side, digest)
-    unknown_cache = _decode(unknown_items, side, digest)
+    own_cache = _decode(train_items, side, digest, preprocess)
+    extra_cache = _decode(extra_items, side, digest, preprocess)
+    train_cache = _Cached(
+        np.concatenate([own_cache.images, extra_cache.images]), np.concatenate([own_cache.labels, extra_cache.labels])
+    )
+    val_cache = _decode(val_items, side, digest, preprocess)
+    unknown_cache = _decode(unknown_items, side, digest, preprocess)
     logger.info(
         "decoded %s train, %s val, %s held-out images at %s px in %.1f s",
-        len(train_items), len(val_items), len(unknown_items), side, time.perf_counter() - decode_started,
+        len(train_cache.labels), len(val_items), len(unknown_items), side, time.perf_counter() - decode_started,
     )
-
-    architecture = Architecture(backbone, embedding_dim=embedding_dim)
-    model = build_model(
-        architecture, len(labels), pretrained=pretrained, freeze=freeze, trainable_stages=trainable_stages
+    recipe = _Recipe(
+        backbone=architecture_name, input_size=preprocess.input_size, embedding_dim=embedding_dim, head=head,
+        epochs=epochs, batch=batch, lr=lr, weight_decay=weight_decay, label_smoothing=label_smoothing, mode=mode,
+        frozen_stages=frozen_stages, trainable_stages=trainable_stages, backbone_lr_scale=backbone_lr_scale,
+        layer_decay=layer_decay, probe_views=probe_views, weights=weights, pretrained=pretrained,
+        allow_partial=allow_partial, patience=patience, seed=seed, threads=torch.get_num_threads(),
     )
-    generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(
-        _Augmented(train_cache, _augmentation(preprocess)), batch_size=batch, shuffle=True, num_workers=0,
-        drop_last=len(train_items) > batch, generator=generator,
+    cross_validation = (
+        _cross_validate(recipe, preprocess, own_cache, len(labels), cv_folds, cv_progress) if cv_folds else None
     )
-    steps_per_epoch = len(loader)
-    total_steps = steps_per_epoch * epochs
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _schedule(total_steps, max(1, min(total_steps // 20, 3 * steps_per_epoch)))
-    )
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    recalibration_index = rng.permutation(len(train_items))[:_RECALIBRATION_CROPS]
-    recalibration = _batches(train_cache.images[np.sort(recalibration_index)], preprocess)
-
-    best_top1, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
-    epoch_seconds: list[float] = []
-    epochs_run = 0
-    for epoch in range(1, epochs + 1):
-        epoch_started = time.perf_counter()
-        model.train()
-        losses: list[float] = []
-        for images, targets in loader:
-            logits, _ = model(images)
-            loss = criterion(logits, targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.item()))
-        recalibrate_batchnorm(model, recalibration)
-        val_logits, _ = _forward(model, val_cache.images, preprocess)
-        top1 = float((val_logits.argmax(axis=1) == val_cache.labels).mean())
-        epochs_run = epoch
-        if top1 >= best_top1:  # ties: the later epoch (trained longer at a lower learning rate)
-            best_top1, best_epoch, best_state = top1, epoch, copy.deepcopy(model.state_dict())
-        seconds = time.perf_counter() - epoch_started
-        epoch_seconds.append(seconds)
-        train_loss = float(np.mean(losses)) if losses else float("nan")
-        logger.info("epoch %s/%s: loss %.4f, val top-1 %.4f (%.1f s)", epoch, epochs, train_loss, top1, seconds)
-        if progress is not None:
-            progress(EpochProgress(epoch, epochs, train_loss, top1, best_top1, seconds))
-        if epoch - best_epoch >= patience:
-            logger.info("early stop after epoch %s: no better val top-1 for %s epochs", epoch, patience)
-            break
-
-    model.load_state_dict(best_state)
-    model.eval()
-    val_logits, val_embedding = _forward(model, val_cache.images, preprocess)
+    fitted = _fit(recipe, preprocess, train_cache, val_cache, len(labels), rng, progress)
+    model = fitted.model
+    val_logits, val_embedding = _forward(model, val_cache.images, preprocess, fitted.val_features)
     metrics = classification_metrics(val_logits, val_cache.labels, labels)
-    _, train_embedding = _forward(model, train_cache.images, preprocess)
+    _, train_embedding = _forward(model, train_cache.images, preprocess, fitted.train_features)
     mean = train_embedding.mean(axis=0).astype(np.float32)
     prototypes = class_prototypes(centre(train_embedding, mean), train_cache.labels, len(labels))
     known_scores, _ = prototype_scores(centre(val_embedding, mean), prototypes)
@@ -438,36 +697,57 @@ def train_classifier(
             "target_false_reject_rate": false_reject_rate,
             "known_accept_rate": float((known_scores >= threshold).mean()),
         }
+    if cross_validation is not None:
+        metrics["cross_validation"] = cross_validation
+        metrics["cv_top1"] = cross_validation["top1"]
     metrics.update({
-        "best_epoch": best_epoch,
-        "epochs_run": epochs_run,
-        "epoch_seconds": [round(s, 2) for s in epoch_seconds],
-        "train_items": len(train_items),
+        "best_epoch": fitted.best_epoch,
+        "epochs_run": fitted.epochs_run,
+        "epoch_seconds": [round(s, 2) for s in fitted.epoch_seconds],
+        "train_items": len(train_cache.labels),
         "training_seconds": round(time.perf_counter() - started, 2),
+        "torch_threads": torch.get_num_threads(),
     })
-    recipe = {
-        "backbone": backbone, "input_size": input_size, "embedding_dim": embedding_dim, "epochs": epochs,
-        "batch": batch, "lr": lr, "weight_decay": weight_decay, "label_smoothing": label_smoothing,
-        "freeze": freeze, "trainable_stages": trainable_stages,
-        "pretrained": str(pretrained) if pretrained is not None else None, "seed": seed, "patience": patience,
-        "holdout_classes": holdout_classes, "val_fraction": None if val is not None else val_fraction,
-        "extra_train_items": len(extra_train_items), "augmentation": "rrc0.3,persp0.25,jitter0.3,blur,erase",
+    recipe_record = {
+        "backbone": architecture_name, "weights": weights, "mode": mode, "input_size": preprocess.input_size,
+        "embedding_dim": embedding_dim, "head": head, "epochs": epochs, "batch": batch, "lr": lr,
+        "weight_decay": weight_decay, "label_smoothing": label_smoothing, "frozen_stages": frozen_stages,
+        "trainable_stages": trainable_stages, "backbone_lr_scale": backbone_lr_scale, "layer_decay": layer_decay,
+        "probe_views": probe_views if mode == "probe" else None,
+        "pretrained": str(pretrained) if pretrained is not None else None, "allow_partial": allow_partial,
+        "seed": seed, "patience": patience, "holdout_classes": holdout_classes,
+        "val_fraction": None if val is not None else val_fraction, "cv_folds": cv_folds,
+        "extra_train_items": len(extra_items), "augmentation": "rrc0.3,persp0.25,jitter0.3,blur,erase",
         "schedule": "adamw+warmup+cosine", "cache_side": side,
     }
     provenance = {
         "dataset": {"root": str(dataset.root), "sha256": digest.hexdigest(), "classes": len(names)},
-        "recipe": recipe,
+        "recipe": recipe_record,
+        "pretrained": model.weights_provenance,
         "versions": {
             "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "numpy": np.__version__, "opencv": cv2.__version__,
+            "numpy": np.__version__, "opencv": cv2.__version__, **_optional_versions(),
         },
         "created_at": datetime.now(UTC).isoformat(),
         "command": command or " ".join(sys.argv),
         "openset": asdict(calibration),
     }
     out = Path(out_dir)
+    model = model.to(memory_format=torch.contiguous_format)
     save_model_dir(model, out, labels=labels, preprocess=preprocess, metrics=metrics, provenance=provenance)
     write_openset(out, prototypes, mean, calibration)
-    export_onnx(model, out, input_size=input_size)
-    logger.info("wrote classifier %s: val top-1 %.4f after %s epochs", out, metrics["top1"], epochs_run)
+    export_onnx(model, out, input_size=preprocess.input_size)
+    logger.info("wrote classifier %s: val top-1 %.4f after %s epochs", out, metrics["top1"], fitted.epochs_run)
     return out
+
+
+def _optional_versions() -> dict[str, str]:
+    import importlib.metadata
+
+    found = {}
+    for package in ("timm",):
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found

