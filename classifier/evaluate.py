@@ -1,4 +1,12 @@
-"""How well enrollment works: SKUs held out of training, enrolled from a few pictures, then recognised.
+"""How well a deployed classifier recognises labelled photos, and how well enrollment works.
+
+:func:`evaluate_classifier` runs a model directory on a user's labelled pictures exactly as a
+scan does (:class:`classifier.recognize.Recognizer`: trained head, prototypes, gallery and the
+open-set threshold, on ONNX Runtime, OpenVINO or torch), each picture being one whole crop,
+and reports top-1, top-5, macro precision / recall / F1, the unknown rate and per-class
+accuracy (:func:`classifier.metrics.open_set_metrics`).
+
+Enrollment: SKUs held out of training, enrolled from a few pictures, then recognised.
 
 A model trained with ``holdout_classes=N`` (:func:`classifier.train.train_classifier`) never saw
 N classes; their names are in its ``metrics.json`` (``openset.held_out_classes``).
@@ -15,7 +23,9 @@ and then recognises every validation picture with :class:`classifier.recognize.R
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,21 +34,35 @@ import numpy as np
 import numpy.typing as npt
 
 from classifier.backends import load
-from classifier.dataset import DatasetItem, load_image, read_grocery_classes, read_grocery_store
-from classifier.errors import ClassifierError
+from classifier.dataset import DatasetItem, ImageDataset, load_image, read_grocery_classes, read_grocery_store
+from classifier.errors import ClassifierError, DatasetError
 from classifier.gallery import MAX_PICTURES, Gallery, prototype_from_embeddings
-from classifier.model_dir import read_model_dir
+from classifier.metrics import UNKNOWN_PREDICTION, open_set_metrics
+from classifier.model_dir import ModelDir, read_model_dir
 from classifier.openset import read_embedding_mean, read_openset, read_prototypes
 from classifier.recognize import Recognizer
 
-__all__ = ["EnrollmentReport", "EvaluationError", "evaluate_enrollment", "recognition_accuracy"]
+__all__ = [
+    "ClassifierReport",
+    "EnrollmentReport",
+    "EvaluationError",
+    "evaluate_classifier",
+    "evaluate_enrollment",
+    "recognition_accuracy",
+]
+
+logger = logging.getLogger(__name__)
+
+TOP_K = 5
+"""Classes of the head's ranking that count for top-5."""
 
 
 class EvaluationError(ClassifierError):
     """An enrollment evaluation cannot run.
 
     Reasons: ``no_held_out_classes`` (the model was trained on every class),
-    ``missing_reference`` (a held-out class has no packshot or too few training pictures).
+    ``missing_reference`` (a held-out class has no packshot or too few training pictures),
+    ``no_pictures`` (the dataset has no picture that can be decoded).
     """
 
     reason = "evaluation_failed"
@@ -243,4 +267,171 @@ def evaluate_enrollment(
         closed_set_known_accuracy=recognition_accuracy([closed[i] for i in k_index], [truth[i] for i in k_index]),
         closed_set_overall_accuracy=recognition_accuracy(closed, truth),
         auroc=float(auroc) if auroc is not None else None,
+    )
+
+
+@dataclass(frozen=True)
+class ClassifierReport:
+    """Result of :func:`evaluate_classifier`; every rate and accuracy is a fraction in [0, 1].
+
+    A picture rejected as unknown is wrong, except when its class is one the model does not
+    name: such pictures are right exactly when rejected (see
+    :func:`classifier.metrics.open_set_metrics`, which also defines the macro figures).
+
+    Attributes:
+        model_dir: the model directory.
+        model_version: the version a scan records (``<dir>@<hash>``, ``-int8`` for INT8).
+        backend: the runtime that ran (``onnx``, ``openvino``, ``torch``, ...; ``onnx`` where a
+            TensorRT engine was refused and ONNX Runtime ran instead).
+        threshold: the open-set threshold on the best prototype cosine (None: never unknown).
+        data: the dataset folder or list file.
+        split: the dataset split (``""`` when the format has none).
+        items: pictures evaluated.
+        left_out_items: pictures of the dataset left out (missing, unreadable or undecodable).
+        top1: share of pictures right.
+        top5: share whose class is among the head's five best (before the open-set decision),
+            or that are right; for a class the model does not name it equals top-1.
+        macro_precision, macro_recall, macro_f1: averages over the classes present.
+        unknown_rate: share of pictures rejected as unknown.
+        known_class_items: pictures of classes the model names.
+        top1_known_classes: top-1 over those.
+        unknown_rate_known_classes: share of those rejected (false rejections).
+        unknown_class_items: pictures of classes the model does not name.
+        unknown_class_rejection: share of those rejected (None without any).
+        unknown_classes: the dataset's classes with pictures that the model does not name.
+        per_class_accuracy: class name -> share of its pictures that are right, dataset order.
+        per_class_items: class name -> its number of pictures.
+        seconds: wall time of decoding and recognition, s.
+    """
+
+    model_dir: str
+    model_version: str
+    backend: str
+    threshold: float | None
+    data: str
+    split: str
+    items: int
+    left_out_items: int
+    top1: float
+    top5: float
+    macro_precision: float
+    macro_recall: float
+    macro_f1: float
+    unknown_rate: float
+    known_class_items: int
+    top1_known_classes: float
+    unknown_rate_known_classes: float
+    unknown_class_items: int
+    unknown_class_rejection: float | None
+    unknown_classes: list[str]
+    per_class_accuracy: dict[str, float]
+    per_class_items: dict[str, int]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: the fields, with ``model`` as ``{"dir", "version"}``."""
+        data = asdict(self)
+        return {"model": {"dir": data.pop("model_dir"), "version": data.pop("model_version")}, **data}
+
+
+def evaluate_classifier(
+    model_dir: str | Path | ModelDir,
+    dataset: ImageDataset,
+    *,
+    backend: str = "onnx",
+    threads: int | None = None,
+    batch: int = 32,
+    progress: Callable[[int, int], None] | None = None,
+) -> ClassifierReport:
+    """Recognise every picture of a labelled dataset with a deployed model, as a scan would.
+
+    The model is loaded with :meth:`classifier.recognize.Recognizer.from_model_dir` (head,
+    prototypes, current gallery, open-set threshold); each picture is decoded with
+    :func:`classifier.dataset.load_image` and is one whole crop. The network runs once per batch;
+    its logits give the head's ranking for top-5 and go with the embeddings to
+    :meth:`~classifier.recognize.Recognizer.decide`, the same decision ``classify`` makes. The
+    classes the model names are :attr:`Recognizer.labels` (``labels.json`` and enrolled SKUs);
+    dataset classes are matched to them by SKU code.
+
+    Args:
+        model_dir: the classifier model directory.
+        dataset: the labelled pictures (:func:`~classifier.dataset.read_grocery_store`,
+            :func:`~classifier.dataset.read_image_folder`, :func:`~classifier.dataset.read_list_file`).
+        backend: the runtime (:data:`classifier.backends.BACKENDS`).
+        threads: intra-op threads (None: the runtime's default).
+        batch: pictures decoded and recognised at a time, >= 1.
+        progress: called as ``progress(done, total)`` in pictures after each batch (and once at 0).
+
+    Returns:
+        The report (see :class:`ClassifierReport`).
+
+    Raises:
+        EvaluationError: no picture of the dataset can be decoded (reason ``no_pictures``).
+        ModelLoadError, GalleryError, MissingDependencyError, ConfigurationError: the model or
+            its runtime cannot be loaded (unknown backend: ``unknown_backend``).
+        ValueError: ``batch`` < 1.
+    """
+    if batch < 1:
+        raise ValueError(f"batch: expected >= 1, received {batch}")
+    started = time.perf_counter()
+    total = len(dataset.items)
+    if total == 0:
+        raise EvaluationError(f"{dataset.root}: no pictures to evaluate", reason="no_pictures")
+    predicted_codes: list[str | None] = []
+    ranked_codes: list[list[str]] = []
+    truth_index: list[int] = []
+    left_out = len(dataset.problems)
+    with Recognizer.from_model_dir(model_dir, backend=backend, threads=threads) as recognizer:
+        ran = recognizer.backend.name  # a refused TensorRT engine falls back to ONNX Runtime
+        head_labels = recognizer.backend.labels
+        version = recognizer.backend.version
+        directory = recognizer.backend.model_dir.path
+        if progress is not None:
+            progress(0, total)
+        for start in range(0, total, batch):
+            chunk = dataset.items[start : start + batch]
+            crops: list[npt.NDArray[np.uint8]] = []
+            for item in chunk:
+                try:
+                    crops.append(load_image(item.path))
+                except DatasetError as error:
+                    logger.warning("evaluate %s: picture left out: %s", dataset.root, error)
+                    left_out += 1
+                    continue
+                truth_index.append(item.class_index)
+            if crops:
+                logits, embedding = recognizer.backend.outputs(crops)
+                named = recognizer.decide(logits, embedding)
+                predicted_codes.extend(named.sku_code)
+                best = np.argsort(-logits, axis=1, kind="stable")[:, :TOP_K]
+                ranked_codes.extend([head_labels[j] for j in row] for row in best.tolist())
+            if progress is not None:
+                progress(min(start + batch, total), total)
+        model_labels = list(recognizer.labels)
+        threshold = recognizer.threshold
+    if not truth_index:
+        raise EvaluationError(f"{dataset.root}: none of its {total} pictures can be decoded", reason="no_pictures")
+    # One label space: the dataset's classes, then the model's classes the dataset lacks.
+    in_data, in_model = set(dataset.class_names), set(model_labels)
+    names = list(dataset.class_names) + [c for c in model_labels if c not in in_data]
+    index = {name: i for i, name in enumerate(names)}
+    known = np.array([name in in_model for name in names], np.bool_)
+    predicted = np.array(
+        [UNKNOWN_PREDICTION if code is None else index[code] for code in predicted_codes], np.int64
+    )
+    ranked = np.array([[index[code] for code in row] for row in ranked_codes], np.int64).reshape(len(predicted), -1)
+    figures = open_set_metrics(predicted, ranked, np.array(truth_index, np.int64), known, names)
+    figures.pop("items")
+    return ClassifierReport(
+        model_dir=str(directory),
+        model_version=version,
+        backend=ran,
+        threshold=threshold,
+        data=str(dataset.root),
+        split=dataset.split,
+        items=len(truth_index),
+        left_out_items=left_out,
+        unknown_classes=[name for name in figures["per_class_items"] if not known[index[name]]],
+        seconds=time.perf_counter() - started,
+        **figures,
     )

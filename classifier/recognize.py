@@ -138,6 +138,24 @@ class Recognizer:
             ValueError: a crop is not (h, w, 3) uint8.
         """
         logits, embedding = self.backend.outputs(crops)
+        return self.decide(logits, embedding)
+
+    def decide(self, logits: npt.NDArray[np.float32], embedding: npt.NDArray[np.float32]) -> Classifications:
+        """Apply the rule (module docstring) to network outputs already computed.
+
+        :meth:`classify` is ``decide(*backend.outputs(crops))``; an evaluation that also needs the
+        head's full ranking (top-5) runs the network once and passes its outputs here.
+
+        Args:
+            logits: (N, C) float32 head logits for the backend's C labels.
+            embedding: (N, D) float32 unit-norm embeddings, row i for the same crop as ``logits[i]``.
+
+        Returns:
+            One entry per row; ``class_id`` indexes :attr:`labels`.
+
+        Raises:
+            ValueError: the embeddings are not unit-norm (:class:`~classifier.types.Classifications`).
+        """
         n = len(logits)
         if n == 0:
             return Classifications.empty(embedding.shape[1])

@@ -1,5 +1,8 @@
 """``shelftally scan PATH...``: pictures in, counts, discrepancies and evidence images out, in-process.
 
+Also the ``shelftally evaluate`` group: ``evaluate grocery`` (the whole pipeline on Grocery Store
+photos) and ``evaluate classifier`` (a classifier model directory on labelled crops).
+
 Paths may be files (taken whatever their name: the format is found from the content), folders
 (every file with a picture suffix below them, in name order) and glob patterns (``shelf/**/*.jpg``,
 quoted so that the shell leaves them alone). A picture that fails is reported with its reason and
@@ -256,7 +259,10 @@ def print_run(
     )
 
 
-evaluate_app = typer.Typer(no_args_is_help=True, help="Measure the whole pipeline on labelled real photos.")
+evaluate_app = typer.Typer(
+    no_args_is_help=True,
+    help="Measure on labelled real photos: the whole pipeline (grocery) or a classifier alone (classifier).",
+)
 
 
 @evaluate_app.command("grocery")
@@ -304,3 +310,93 @@ def evaluate_grocery_cmd(
     for code, count in list(report.background_counts.items())[:25]:
         table.add_row(code, str(count))
     console.print(table)
+
+
+EVALUATE_FORMATS = ("grocery", "folder", "list")
+"""``--format`` of ``evaluate classifier``: Grocery Store folder, image folder, list file."""
+
+
+@evaluate_app.command("classifier")
+def evaluate_classifier_cmd(
+    model: Annotated[Path, typer.Option("--model", help="Classifier model directory.")],
+    data: Annotated[Path, typer.Option("--data", help="Labelled pictures: Grocery Store folder, image folder "
+                                                      "(one sub-folder per SKU code) or list file (path,sku_code).")],
+    data_format: Annotated[str, typer.Option("--format", help="grocery, folder or list.")],
+    split: Annotated[str | None, typer.Option("--split", help="Grocery Store split (default val); recorded for "
+                                                              "the other formats.")] = None,
+    backend: Annotated[str, typer.Option("--backend", help="onnx, openvino or torch.")] = "onnx",
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="Intra-op threads (default: the "
+                                                                        "runtime's).")] = None,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Pictures recognised at a time.")] = 32,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """A classifier on your labelled photos as a scan runs it: top-1/5, macro P/R/F1, unknown rate, per class.
+
+    Each picture is one whole crop. Rejected as unknown is wrong, except for classes the model does not name.
+    """
+    from classifier.backends import BACKENDS
+
+    if data_format not in EVALUATE_FORMATS:
+        raise typer.BadParameter(f"expected one of {', '.join(EVALUATE_FORMATS)}, received {data_format!r}",
+                                 param_hint="--format")
+    if backend not in BACKENDS:
+        raise typer.BadParameter(f"expected one of {', '.join(sorted(BACKENDS))}, received {backend!r}",
+                                 param_hint="--backend")
+    from classifier.dataset import read_grocery_store, read_image_folder, read_list_file
+    from classifier.evaluate import evaluate_classifier
+    from classifier.model_dir import read_model_dir
+
+    try:
+        model_dir = read_model_dir(model)  # a wrong --model fails before the pictures are read
+        if data_format == "grocery":
+            dataset = read_grocery_store(data, split or "val")
+        elif data_format == "folder":
+            dataset = read_image_folder(data, split=split or "")
+        else:
+            dataset = read_list_file(data, split=split or "")
+        columns = (TextColumn("[bold]evaluate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn())
+        with Progress(*columns, console=err_console) as bar:
+            task = bar.add_task("evaluate", total=len(dataset))
+            report = evaluate_classifier(model_dir, dataset, backend=backend, threads=threads, batch=batch,
+                                         progress=lambda done, total: bar.update(task, completed=done, total=total))
+    except ShelfTallyError as error:
+        print_error(error, as_json=as_json)
+        raise typer.Exit(1) from error
+    result = {**report.to_dict(), "format": data_format}
+    if as_json:
+        print_json(result)
+        return
+    print_classifier_report(result)
+
+
+def print_classifier_report(result: dict[str, Any], out: Console = console) -> None:
+    """The figures of ``evaluate classifier`` (a :meth:`ClassifierReport.to_dict` dict), then
+    per-class accuracy worst first (on ``out``)."""
+    unknown = set(result["unknown_classes"])
+    out.print(
+        f"{result['model']['version']} on {result['backend']}, {result['items']} pictures "
+        f"({result['format']} {result['data']}{' ' + result['split'] if result['split'] else ''}"
+        f"{', ' + str(result['left_out_items']) + ' left out' if result['left_out_items'] else ''}): "
+        f"top-1 {result['top1']:.3f}, top-5 {result['top5']:.3f}, macro precision {result['macro_precision']:.3f}, "
+        f"recall {result['macro_recall']:.3f}, F1 {result['macro_f1']:.3f}; unknown rate {result['unknown_rate']:.3f}",
+        highlight=False, soft_wrap=True,
+    )
+    if result["unknown_class_items"]:
+        out.print(
+            f"classes the model knows: {result['known_class_items']} pictures, top-1 {result['top1_known_classes']:.3f}"
+            f", rejected {result['unknown_rate_known_classes']:.3f}; classes it does not know "
+            f"({len(unknown)}): {result['unknown_class_items']} pictures, rejected as unknown "
+            f"{result['unknown_class_rejection']:.3f}",
+            highlight=False, soft_wrap=True,
+        )
+    table = Table(title="Per-class accuracy (worst first)")
+    table.add_column("SKU", overflow="fold")
+    table.add_column("pictures", justify="right")
+    table.add_column("accuracy", justify="right")
+    table.add_column("model knows it")
+    rows = sorted(result["per_class_accuracy"].items(), key=lambda row: (row[1], row[0]))
+    for code, accuracy in rows:
+        table.add_row(code, str(result["per_class_items"][code]), f"{accuracy:.3f}",
+                      "[yellow]no (right = unknown)[/]" if code in unknown else "yes")
+    out.print(table)

@@ -30,7 +30,7 @@ def batchnorms(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm._Batch
 @pytest.mark.parametrize(
     ("name", "feature_dim"),
     [("mobilenet_v3_small", 576), ("mobilenet_v3_large", 960), ("resnet18", 512), ("efficientnet_b0", 1280),
-     ("shufflenet_v2_x1_0", 1024)],
+     ("shufflenet_v2_x1_0", 1024), ("efficientnet_lite0", 1280)],
 )
 def test_every_backbone_gives_logits_and_unit_embeddings(name: str, feature_dim: int) -> None:
     torch.manual_seed(0)
@@ -45,7 +45,8 @@ def test_every_backbone_gives_logits_and_unit_embeddings(name: str, feature_dim:
     assert norms and all(bn.momentum == 0.1 for bn in norms)  # ENVIRONMENT.md: 0.01 does not learn in few steps
     assert len(model.stages) >= 5
     assert set(BACKBONES) == {
-        "mobilenet_v3_small", "mobilenet_v3_large", "resnet18", "efficientnet_b0", "shufflenet_v2_x1_0"
+        "mobilenet_v3_small", "mobilenet_v3_large", "resnet18", "efficientnet_b0", "shufflenet_v2_x1_0",
+        "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
     }
 
 
@@ -144,7 +145,8 @@ def test_bad_arguments() -> None:
     with pytest.raises(ModelLoadError) as caught:
         build_model("vit_b_16", 3)
     assert caught.value.reason == "unknown_architecture"
-    assert "efficientnet_b0, mobilenet_v3_large, mobilenet_v3_small, resnet18" in str(caught.value)
+    assert "efficientnet_b0, efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, mobilenet_v3_large" in str(
+        caught.value)
     with pytest.raises(ValueError, match="num_classes"):
         build_model("resnet18", 0)
     with pytest.raises(ValueError, match="only meaningful with freeze=True"):
