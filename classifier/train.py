@@ -206,7 +206,7 @@ def _forward(
                 out_logits, out_embedding = model.classify_features(features[start : start + _EVAL_BATCH])
             else:
                 batch = torch.from_numpy(prepare_batch(list(images[start : start + _EVAL_BATCH]), preprocess))
-                out_logits, out_embedding = model(batch.contiguous(memory_format=torch.channels_last))
+                out_logits, out_embedding = model(batch)
             logits.append(out_logits.numpy())
             embeddings.append(out_embedding.numpy())
     classes, dim = model.num_classes, model.embedding_dim
@@ -364,7 +364,8 @@ def _build(recipe: _Recipe, classes: int) -> EmbeddingClassifier:
         trainable_stages=recipe.trainable_stages if recipe.mode != "probe" else 0,
         frozen_stages=recipe.frozen_stages if recipe.mode == "partial" else 0,
     )
-    return model.to(memory_format=torch.channels_last)
+    # channels-last only where the backbone runs frozen (probe features): it changes fine-tuning numerics
+    return model.to(memory_format=torch.channels_last) if recipe.mode == "probe" else model
 
 
 def _fit(
@@ -426,7 +427,7 @@ def _fit(
             if loader is None:
                 logits, _ = model.classify_features(inputs)
             else:
-                logits, _ = model(inputs.contiguous(memory_format=torch.channels_last))
+                logits, _ = model(inputs)
             loss = criterion(logits, targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
