@@ -521,6 +521,21 @@ def load_named_weights(
     return resolved.provenance
 
 
+def backbone_spec(name: str) -> _Backbone:
+    """The :data:`BACKBONES` entry of an architecture name (without a ``.tag``).
+
+    Raises:
+        ModelLoadError: no such backbone (reason ``unknown_architecture``; the message lists the valid names).
+    """
+    spec = BACKBONES.get(name)
+    if spec is None:
+        raise ModelLoadError(
+            f"unknown classifier backbone {name!r}; valid names: {', '.join(sorted(BACKBONES))}",
+            reason="unknown_architecture",
+        )
+    return spec
+
+
 def build_model(
     architecture: str | Architecture,
     num_classes: int,
@@ -573,12 +588,7 @@ def build_model(
         arch = Architecture(base)
     else:
         arch = architecture
-    spec = BACKBONES.get(arch.name)
-    if spec is None:
-        raise ModelLoadError(
-            f"unknown classifier backbone {arch.name!r}; valid names: {', '.join(sorted(BACKBONES))}",
-            reason="unknown_architecture",
-        )
+    spec = backbone_spec(arch.name)
     if num_classes < 1:
         raise ValueError(f"num_classes: expected a positive integer, received {num_classes}")
     if pretrained is not None and weights is not None:

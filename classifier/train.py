@@ -71,7 +71,13 @@ except ImportError as _error:  # pragma: no cover - the tests run with torch ins
         "classifier.train needs torch and torchvision: pip install 'shelftally[train]'"
     ) from _error
 
-from classifier.backbones import EmbeddingClassifier, build_model, recalibrate_batchnorm, save_model_dir
+from classifier.backbones import (
+    EmbeddingClassifier,
+    backbone_spec,
+    build_model,
+    recalibrate_batchnorm,
+    save_model_dir,
+)
 from classifier.export import export_onnx
 
 __all__ = [
@@ -368,22 +374,44 @@ def _build(recipe: _Recipe, classes: int) -> EmbeddingClassifier:
     return model.to(memory_format=torch.channels_last) if recipe.mode == "probe" else model
 
 
+@dataclass
+class _ProbeFeatures:
+    """A probe's backbone features, computed once: the backbone is frozen, so every fit of one
+    recipe (the final one and each cross-validation fold) shares them."""
+
+    views: torch.Tensor  # (V + 1, N, F) float32, training cache: clean first, then V augmented views
+    val: torch.Tensor  # (M, F) float32, validation cache, clean
+
+    def split(self, train: npt.NDArray[np.bool_], val: npt.NDArray[np.bool_]) -> _ProbeFeatures:
+        """Training rows ``train`` (all views) and training rows ``val`` (clean) as a new split."""
+        return _ProbeFeatures(self.views[:, torch.from_numpy(train)], self.views[0, torch.from_numpy(val)])
+
+
+def _probe_features(recipe: _Recipe, preprocess: Preprocess, train_cache: _Cached, val_cache: _Cached,
+                    classes: int) -> _ProbeFeatures:
+    extractor = _build(recipe, classes)
+    augment = _augmentation(preprocess)
+    views = [_features(extractor, train_cache.images, preprocess)] + [
+        _features(extractor, train_cache.images, preprocess, augment) for _ in range(recipe.probe_views)
+    ]
+    return _ProbeFeatures(torch.stack(views), _features(extractor, val_cache.images, preprocess))
+
+
 def _fit(
     recipe: _Recipe, preprocess: Preprocess, train_cache: _Cached, val_cache: _Cached, classes: int,
     rng: np.random.Generator, progress: Callable[[EpochProgress], None] | None,
+    features: _ProbeFeatures | None = None,
 ) -> _Fitted:
-    """Train one network on cached pictures, keeping the epoch with the best validation top-1."""
+    """Train one network on cached pictures, keeping the epoch with the best validation top-1
+    (a probe trains on ``features``, made by :func:`_probe_features` from these caches)."""
     model = _build(recipe, classes)
     augment = _augmentation(preprocess)
     generator = torch.Generator().manual_seed(recipe.seed)
     train_features = val_features = None
-    views: list[torch.Tensor] = []
     if recipe.mode == "probe":
-        train_features = _features(model, train_cache.images, preprocess)
-        val_features = _features(model, val_cache.images, preprocess)
-        views = [train_features] + [
-            _features(model, train_cache.images, preprocess, augment) for _ in range(recipe.probe_views)
-        ]
+        if features is None:
+            features = _probe_features(recipe, preprocess, train_cache, val_cache, classes)
+        train_features, val_features = features.views[0], features.val
         targets_all = torch.from_numpy(train_cache.labels)
         steps_per_epoch = max(1, math.ceil(len(train_cache.labels) / recipe.batch))
         loader = None
@@ -412,10 +440,10 @@ def _fit(
         model.train()
         losses: list[float] = []
         if loader is None:  # probe: one view per picture, drawn anew each epoch
+            assert features is not None
             n = len(targets_all)
-            pick = torch.randint(len(views), (n,), generator=generator)
-            stacked = torch.stack(views)  # (V + 1, N, F)
-            epoch_features = stacked[pick, torch.arange(n)]
+            pick = torch.randint(len(features.views), (n,), generator=generator)
+            epoch_features = features.views[pick, torch.arange(n)]
             order = torch.randperm(n, generator=generator)
             batches: Any = (
                 (epoch_features[order[i : i + recipe.batch]], targets_all[order[i : i + recipe.batch]])
@@ -461,10 +489,11 @@ def _subset(cache: _Cached, mask: npt.NDArray[np.bool_]) -> _Cached:
 
 def _cross_validate(
     recipe: _Recipe, preprocess: Preprocess, cache: _Cached, classes: int, folds: int,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None, features: _ProbeFeatures | None = None,
 ) -> dict[str, Any]:
     """k-fold top-1 on the training pictures (:func:`fold_assignments`) with the same recipe; each
-    fold model stops early on its own held-out fold, so the figure is mildly optimistic."""
+    fold model stops early on its own held-out fold, so the figure is mildly optimistic. A probe
+    reuses ``features`` (one row per picture of ``cache``) instead of running the backbone again."""
     assignment = fold_assignments(cache.labels, folds)
     scores: list[float] = []
     items: list[int] = []
@@ -473,7 +502,8 @@ def _cross_validate(
         if not held.any() or held.all():
             continue
         fitted = _fit(recipe, preprocess, _subset(cache, ~held), _subset(cache, held), classes,
-                      np.random.default_rng(recipe.seed + fold + 1), None)
+                      np.random.default_rng(recipe.seed + fold + 1), None,
+                      None if features is None else features.split(~held, held))
         scores.append(fitted.best_top1)
         items.append(int(held.sum()))
         logger.info("cross-validation fold %s/%s: top-1 %.4f on %s pictures", fold + 1, folds, scores[-1], items[-1])
@@ -608,6 +638,7 @@ def train_classifier(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     architecture_name, tag = split_name(backbone)
+    backbone_spec(architecture_name)  # an unknown name fails here, before any picture is decoded
     weights = backbone if tag is not None else None
     if weights is not None and pretrained is not None:
         raise ValueError(f"pretrained: {backbone!r} already names its weights; give a file or a name, not both")
@@ -660,10 +691,14 @@ def train_classifier(
         layer_decay=layer_decay, probe_views=probe_views, weights=weights, pretrained=pretrained,
         allow_partial=allow_partial, patience=patience, seed=seed, threads=torch.get_num_threads(),
     )
+    features = _probe_features(recipe, preprocess, train_cache, val_cache, len(labels)) if mode == "probe" else None
     cross_validation = (
-        _cross_validate(recipe, preprocess, own_cache, len(labels), cv_folds, cv_progress) if cv_folds else None
+        _cross_validate(recipe, preprocess, own_cache, len(labels), cv_folds, cv_progress,  # own pictures come first
+                        None if features is None else _ProbeFeatures(features.views[:, : len(own_cache.labels)],
+                                                                     features.val))
+        if cv_folds else None
     )
-    fitted = _fit(recipe, preprocess, train_cache, val_cache, len(labels), rng, progress)
+    fitted = _fit(recipe, preprocess, train_cache, val_cache, len(labels), rng, progress, features)
     model = fitted.model
     val_logits, val_embedding = _forward(model, val_cache.images, preprocess, fitted.val_features)
     metrics = classification_metrics(val_logits, val_cache.labels, labels)

@@ -599,6 +599,11 @@ def demo_cmd(
     counts_only: Annotated[bool, typer.Option(
         "--counts-only", help="Only the inventory half: reconcile the shipped cycle-count file (no models, < 1 s).",
     )] = False,
+    classifier_backbone: Annotated[str, typer.Option(
+        "--classifier-backbone", help=(
+            "auto: a linear probe on ImageNet EfficientNet-Lite0 when the pretrained extra is installed, else "
+            "mobilenet_v3_small from random weights; or a backbone name (NAME.TAG: pretrained, probed)."),
+    )] = "auto",
 ) -> None:
     """Count a small demo warehouse from shelf photos: train the demo models, scan, report.
 
@@ -614,6 +619,7 @@ def demo_cmd(
 
             run_demo(workdir, console=console, settings=settings)
         else:
-            from workers.demo_vision import run_vision_demo
+            from workers.demo_vision import DemoSize, run_vision_demo
 
-            run_vision_demo(workdir, console=console, settings=settings)
+            run_vision_demo(workdir, console=console, settings=settings,
+                            size=DemoSize(classifier_backbone=classifier_backbone))

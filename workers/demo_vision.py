@@ -7,8 +7,10 @@ Nothing outside the repository is used and nothing is downloaded:
 2. **Training pictures.** Synthetic shelves pasted from those packshots
    (:func:`detector.synth.write_synthetic_datasets`, cut-paste synthesis), with exact boxes.
 3. **Demo models.** A YOLOv8n product detector (class-agnostic) trained on them, and a SKU
-   classifier trained on the product crops cut from them; both written as model directories in
-   ``<workdir>/models`` and reused by the next run when the recipe is unchanged.
+   classifier trained on the product crops cut from them: a linear probe on ImageNet
+   EfficientNet-Lite0 features (:data:`PRETRAINED_BACKBONE`) when the ``pretrained`` extra is
+   installed, otherwise ``mobilenet_v3_small`` from random weights; both written as model
+   directories in ``<workdir>/models`` and reused by the next run when the recipe is unchanged.
 4. **The warehouse.** Three shelves. Each is photographed twice a few minutes apart (the second
    photo is the same shelf under other light, re-encoded: another picture, the same stock); a
    printed location label (QR code) is in every photo, so the scans find their location
@@ -35,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -44,6 +47,7 @@ from rich.console import Console
 from sqlalchemy.orm import Session
 
 import migrations
+from classifier.pretrained import available as pretrained_available
 from detector.synth import Packshot, SceneConfig, drawn_packshots, generate_scene, write_synthetic_datasets
 from inventory import queries
 from inventory.db import create_engine, run_in_transaction, session_factory
@@ -80,6 +84,12 @@ SHELVES: list[tuple[str, list[int]]] = [
 """Shelf code and the SKUs (indices of DEMO_SKUS) the generator puts on it."""
 
 
+#: The demo classifier's pretrained backbone (:mod:`classifier.pretrained`), probed when installed.
+PRETRAINED_BACKBONE = "efficientnet_lite0.imagenet"
+#: The demo classifier's backbone without the ``pretrained`` extra, trained from random weights.
+SCRATCH_BACKBONE = "mobilenet_v3_small"
+
+
 @dataclass(frozen=True)
 class DemoSize:
     """How much the demo trains (the defaults take a few minutes on 2 cores; tests use less).
@@ -93,6 +103,9 @@ class DemoSize:
             pictures and batch 16, 12 epochs at 416 px left the detector at mAP50 0.00 here).
         classifier_epochs: classifier epochs.
         classifier_input: classifier input side, pixels.
+        classifier_backbone: ``"auto"``: a linear probe on :data:`PRETRAINED_BACKBONE` when its
+            weights are installed (extra ``pretrained``), else :data:`SCRATCH_BACKBONE` fine-tuned
+            from random weights; or a backbone name (with a ``.tag``: pretrained, probed).
     """
 
     training_pictures: int = 160
@@ -102,10 +115,20 @@ class DemoSize:
     detector_batch: int = 8
     classifier_epochs: int = 8
     classifier_input: int = 64
+    classifier_backbone: str = "auto"
+
+    def classifier_recipe(self) -> tuple[str, Literal["probe", "full"]]:
+        """The classifier's backbone and adaptation mode, ``"auto"`` resolved on this installation."""
+        backbone = self.classifier_backbone
+        if backbone == "auto":
+            backbone = PRETRAINED_BACKBONE if pretrained_available(PRETRAINED_BACKBONE) else SCRATCH_BACKBONE
+        return backbone, "probe" if "." in backbone else "full"
 
     def key(self) -> str:
-        """Short hash of the recipe: models in the work folder are reused only for the same one."""
-        text = json.dumps({**asdict(self), "skus": DEMO_SKUS, "version": 1}, sort_keys=True)
+        """Short hash of the recipe: models in the work folder are reused only for the same one
+        (installing the ``pretrained`` extra changes it)."""
+        text = json.dumps({**asdict(self), "classifier_recipe": self.classifier_recipe(), "skus": DEMO_SKUS,
+                           "version": 1}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -176,14 +199,18 @@ def train_demo_models(
         target.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(target), cv2.cvtColor(shot.image, cv2.COLOR_RGB2BGR))
         packshot_items.append(DatasetItem(target, train_set.class_names.index(shot.sku_code)))
+    backbone, mode = size.classifier_recipe()
+    # a probe's epochs run on cached features (well under a second each): more of them cost nothing
+    epochs = size.classifier_epochs * (4 if mode == "probe" else 1)
     train_classifier(
         train_set, val_fraction=0.2, out_dir=classifier_dir,
-        backbone="mobilenet_v3_small", input_size=size.classifier_input, embedding_dim=64,
-        epochs=size.classifier_epochs, patience=size.classifier_epochs, batch=32, lr=3e-3,
+        backbone=backbone, mode=mode, input_size=size.classifier_input, resize="letterbox", embedding_dim=64,
+        epochs=epochs, patience=epochs, batch=32, lr=3e-3, probe_views=2,
         extra_train_items=packshot_items, false_reject_rate=0.01, seed=0, command="shelftally demo",
     )
-    say(f"trained the SKU classifier ({len(train_set.items)} crops, {size.classifier_epochs} epochs) "
-        f"in {time.perf_counter() - started:.0f} s")
+    top1 = json.loads((classifier_dir / "metrics.json").read_text())["top1"]
+    say(f"trained the SKU classifier ({backbone}, {mode}; {len(train_set.items)} crops, {epochs} epochs; "
+        f"val top-1 {100 * top1:.1f} %) in {time.perf_counter() - started:.0f} s")
 
     started = time.perf_counter()
     train_detector(

@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from classifier import pretrained as registry
+from classifier import train as train_module
 from classifier.backbones import BACKBONES, build_model, load_model_dir
 from classifier.dataset import ImageDataset, load_image, read_grocery_store
 from classifier.errors import MissingDependencyError, ModelLoadError
@@ -164,12 +166,24 @@ def _tiny(split: ImageDataset, per_class: int, classes: int = 3) -> ImageDataset
      ("full", {"backbone_lr_scale": 0.1, "layer_decay": 0.8})],
 )
 def test_each_adaptation_mode_trains_on_tiny_real_data(
-    tmp_path: Path, one_torch_thread: None, mode: str, options: dict
+    tmp_path: Path, one_torch_thread: None, mode: str, options: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     train = _tiny(read_grocery_store(GROCERY, "train"), 6)
     val = _tiny(read_grocery_store(GROCERY, "val"), 2)
+    backbone_passes: list[int] = []
+    features = train_module._features
+
+    def counted(model: object, images: np.ndarray, *args: object) -> torch.Tensor:
+        backbone_passes.append(len(images))
+        return features(model, images, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(train_module, "_features", counted)
     out = train_classifier(train, val=val, out_dir=tmp_path / mode, backbone=LITE0, input_size=64, epochs=2,
                            batch=8, mode=mode, **options)  # type: ignore[arg-type]
+    if mode == "probe":  # the frozen backbone runs once per view, shared by the 2 folds and the final fit
+        assert backbone_passes == [len(train.items), len(train.items), len(val.items)]
+    else:
+        assert backbone_passes == []
     directory = read_model_dir(out)
     assert directory.preprocess.mean == (0.5, 0.5, 0.5) and directory.preprocess.resize == "center_crop"
     assert directory.provenance["pretrained"]["name"] == LITE0
@@ -189,10 +203,20 @@ def test_each_adaptation_mode_trains_on_tiny_real_data(
 
 
 def test_cli_names_a_wrong_backbone_in_one_line(tmp_path: Path) -> None:
-    (tmp_path / "a").mkdir()
-    result = CliRunner().invoke(app, ["classifier", "train", "--data", str(tmp_path), "--format", "folder",
-                                      "--out", str(tmp_path / "m"), "--backbone", "efficientnet_lite9.imagenet"])
-    assert result.exit_code != 0
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):  # a dataset that would train: the backbone name is what fails
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(3):
+            picture = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+            Image.fromarray(picture).save(tmp_path / "data" / name / f"{i}.png")
+    result = CliRunner().invoke(app, ["classifier", "train", "--data", str(tmp_path / "data"), "--format", "folder",
+                                      "--out", str(tmp_path / "m"), "--backbone", "efficientnet_lite9.imagenet",
+                                      "--epochs", "1"])
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error")]  # the rest: the progress bar
+    assert len(errors) == 1 and "(unknown_architecture)" in errors[0], result.output
+    assert "efficientnet_lite9" in errors[0]
+    assert not (tmp_path / "m" / "model.pt").exists()
 
 
 def test_backbones_command_lists_installed_weights() -> None:
