@@ -44,7 +44,7 @@ from classifier.model_dir import (
     read_model_dir,
     write_metadata,
 )
-from classifier.pretrained import EXTRA, KeyMap, efficientnet_pytorch_to_timm, resolve, split_name
+from classifier.pretrained import EXTRA, KeyMap, compare_keys, efficientnet_pytorch_to_timm, resolve, split_name
 
 try:
     import torch
@@ -385,28 +385,10 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return dict(loaded)
 
 
-def _listing(names: list[str], limit: int = 6) -> str:
-    shown = ", ".join(names[:limit])
-    return f"{shown}, ... ({len(names)} in all)" if len(names) > limit else shown
-
-
 def _mismatch(state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], *, optional: str = "") -> str:
-    """Empty when ``state`` fits ``target`` key for key and shape for shape, else what differs.
-
-    Keys of ``target`` ending with ``optional`` (when given) may be absent from ``state``.
-    """
-    missing = sorted(k for k in target if k not in state and not (optional and k.endswith(optional)))
-    unexpected = sorted(k for k in state if k not in target)
-    reshaped = sorted(
-        f"{k} {tuple(state[k].shape)} (expected {tuple(target[k].shape)})"
-        for k in state
-        if k in target and state[k].shape != target[k].shape
-    )
-    return "; ".join(
-        f"{label}: {_listing(keys)}"
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", reshaped))
-        if keys
-    )
+    """Empty when ``state`` fits ``target`` key for key and shape for shape, else what differs
+    (:func:`classifier.pretrained.compare_keys`)."""
+    return compare_keys(state, target, optional=optional).describe()
 
 
 def _fit(
@@ -479,7 +461,7 @@ def load_pretrained(
     loaded, partial = _fit(backbone, state, label=str(source), name=name, allow_partial=allow_partial)
     logger.info(
         "loaded %s backbone weights from %s (%s tensors; ignored head tensors: %s)",
-        name, source, loaded, _listing(ignored) or "none",
+        name, source, loaded, ", ".join(ignored) or "none",
     )
     from shelftally.files import sha256_file
 

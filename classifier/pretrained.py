@@ -31,7 +31,6 @@ Errors are :class:`~classifier.errors.ModelLoadError` with reasons ``unknown_pre
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.metadata
 import logging
@@ -43,6 +42,7 @@ from typing import Any, Literal
 
 from classifier.errors import MissingDependencyError, ModelLoadError
 from classifier.model_dir import Interpolation, Preprocess, ResizePolicy
+from shelftally.files import sha256_file
 
 __all__ = [
     "EXTRA",
@@ -105,6 +105,12 @@ class PretrainedCfg:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     scale: float = 1.0 / 255.0
     num_classes: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.source == "package" and (self.locator is None or self.package is None):
+            raise ValueError(f"{self.name}: a package source needs its package and locator")
+        if self.source == "torch_hub_cache" and self.file_name is None:
+            raise ValueError(f"{self.name}: a torch hub cache source needs its file name")
 
     def preprocess(self, input_size: int | None = None) -> Preprocess:
         """The weights' own input preparation, at ``input_size`` (default: theirs).
@@ -274,7 +280,7 @@ def lookup(name: str) -> PretrainedCfg:
 def _locate(cfg: PretrainedCfg) -> tuple[Path, str | None]:
     """The weights file and the installed package version (None for the hub cache)."""
     if cfg.source == "package":
-        assert cfg.locator is not None and cfg.package is not None
+        assert cfg.locator is not None and cfg.package is not None  # PretrainedCfg.__post_init__ checked them
         module_name, _, attribute = cfg.locator.partition(":")
         try:
             module = importlib.import_module(module_name)
@@ -291,7 +297,7 @@ def _locate(cfg: PretrainedCfg) -> tuple[Path, str | None]:
     else:
         import torch
 
-        assert cfg.file_name is not None
+        assert cfg.file_name is not None  # PretrainedCfg.__post_init__ checked it
         path = Path(torch.hub.get_dir()) / "checkpoints" / cfg.file_name
         version = None
         if not path.is_file():
@@ -307,14 +313,6 @@ def _locate(cfg: PretrainedCfg) -> tuple[Path, str | None]:
             reason="pretrained_not_installed",
         )
     return path, version
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def available(name: str) -> bool:
@@ -355,7 +353,7 @@ def resolve(
     """
     cfg = lookup(name)
     path, version = _locate(cfg)
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if cfg.sha256 is not None and digest != cfg.sha256:
         raise ModelLoadError(
             f"pretrained weights {cfg.name}: {path} has sha256 {digest[:16]}..., expected {cfg.sha256[:16]}... "
@@ -366,32 +364,61 @@ def resolve(
     mapped = cfg.key_map(source, target) if cfg.key_map is not None else dict(source)
     ignored = sorted(k for k in mapped if k.startswith(head_prefix))
     mapped = {k: v for k, v in mapped.items() if not k.startswith(head_prefix)}
-    missing = sorted(k for k in target if k not in mapped and not k.endswith("num_batches_tracked"))
-    unexpected = sorted(k for k in mapped if k not in target)
-    reshaped = sorted(k for k in mapped if k in target and tuple(mapped[k].shape) != tuple(target[k].shape))
-    problems = "; ".join(
-        f"{label}: {_listing(keys)}"
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", reshaped))
-        if keys
-    )
+    mismatch = compare_keys(mapped, target, optional="num_batches_tracked")
+    problems = mismatch.describe()
     if problems and not allow_partial:
         raise ModelLoadError(
             f"pretrained weights {cfg.name} do not fit the {cfg.architecture} backbone; {problems} "
             "(allow a partial load to use what fits)",
             reason="pretrained_mismatch",
         )
-    fitting = {k: v for k, v in mapped.items() if k in target and k not in reshaped}
+    fitting = {k: v for k, v in mapped.items() if k in target and k not in mismatch.wrong_shape}
     if problems:
         logger.warning("partial load of %s: %s", cfg.name, problems)
     provenance: dict[str, Any] = {
         "name": cfg.name, "architecture": cfg.architecture, "source": cfg.source, "package": cfg.package,
         "version": version, "file": path.name, "sha256": digest, "licence": cfg.licence, "origin": cfg.origin,
         "tensors": len(fitting), "partial": bool(problems),
-        "not_loaded": {"missing": missing, "unexpected": unexpected, "wrong_shape": reshaped} if problems else None,
+        "not_loaded": {"missing": mismatch.missing, "unexpected": mismatch.unexpected,
+                       "wrong_shape": sorted(mismatch.wrong_shape)} if problems else None,
     }
     return ResolvedWeights(cfg, path, fitting, provenance, ignored)
 
 
-def _listing(names: list[str], limit: int = 6) -> str:
-    shown = ", ".join(names[:limit])
-    return f"{shown}, ... ({len(names)} in all)" if len(names) > limit else shown
+@dataclass(frozen=True)
+class KeyMismatch:
+    """How a state dict differs from the one a module expects (:func:`compare_keys`).
+
+    Attributes:
+        missing: expected keys the state dict lacks, sorted.
+        unexpected: keys of the state dict the module does not have, sorted.
+        wrong_shape: keys in both with other shapes -> (shape given, shape expected).
+    """
+
+    missing: list[str]
+    unexpected: list[str]
+    wrong_shape: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]
+
+    def describe(self, limit: int = 6) -> str:
+        """One line (empty when the keys fit), at most ``limit`` names per kind."""
+        reshaped = [f"{k} {given} (expected {expected})" for k, (given, expected) in sorted(self.wrong_shape.items())]
+        parts = []
+        for label, names in (("missing", self.missing), ("unexpected", self.unexpected), ("wrong shape", reshaped)):
+            if names:
+                shown = ", ".join(names[:limit])
+                parts.append(f"{label}: {shown}, ... ({len(names)} in all)" if len(names) > limit else
+                             f"{label}: {shown}")
+        return "; ".join(parts)
+
+
+def compare_keys(state: Mapping[str, Any], target: Mapping[str, Any], *, optional: str = "") -> KeyMismatch:
+    """Compare a state dict with a module's, key for key and shape for shape (values: tensors).
+
+    Keys of ``target`` ending with ``optional`` (when given) may be absent from ``state``.
+    """
+    return KeyMismatch(
+        missing=sorted(k for k in target if k not in state and not (optional and k.endswith(optional))),
+        unexpected=sorted(k for k in state if k not in target),
+        wrong_shape={k: (tuple(state[k].shape), tuple(target[k].shape)) for k in state
+                     if k in target and tuple(state[k].shape) != tuple(target[k].shape)},
+    )
