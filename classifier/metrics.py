@@ -14,6 +14,20 @@ UNKNOWN_PREDICTION = -1
 """Predicted class index of a picture rejected as unknown (as :data:`classifier.types.UNKNOWN_CLASS_ID`)."""
 
 
+def _per_class_scores(
+    truth: npt.NDArray[np.int64], predicted: npt.NDArray[np.int64], classes: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """From the confusion matrix of ``classes`` classes: the classes present in ``truth`` and
+    each class's precision, recall and F1, all (classes,) float64 (0 where undefined)."""
+    confusion = np.zeros((classes, classes), np.int64)
+    np.add.at(confusion, (truth, predicted), 1)
+    true_positive = np.diag(confusion).astype(np.float64)
+    recall = true_positive / np.maximum(confusion.sum(axis=1), 1)
+    precision = true_positive / np.maximum(confusion.sum(axis=0), 1)
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+    return np.flatnonzero(confusion.sum(axis=1)), precision, recall, f1
+
+
 def classification_metrics(
     logits: npt.NDArray[np.float32], class_ids: npt.NDArray[np.int64], labels: Sequence[str]
 ) -> dict[str, Any]:
@@ -36,13 +50,7 @@ def classification_metrics(
                 "per_class_accuracy": {}, "val_items": 0}
     predicted = logits.argmax(axis=1)
     top5 = np.argsort(-logits, axis=1)[:, : min(5, c)]
-    confusion = np.zeros((c, c), np.int64)
-    np.add.at(confusion, (class_ids, predicted), 1)
-    present = np.flatnonzero(confusion.sum(axis=1))
-    true_positive = np.diag(confusion).astype(np.float64)
-    recall = true_positive / np.maximum(confusion.sum(axis=1), 1)
-    precision = true_positive / np.maximum(confusion.sum(axis=0), 1)
-    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+    present, precision, recall, f1 = _per_class_scores(class_ids, predicted, c)
     return {
         "top1": float((predicted == class_ids).mean()),
         "top5": float((top5 == class_ids[:, None]).any(axis=1).mean()),
@@ -134,13 +142,7 @@ def open_set_metrics(
     # Open-set labels: the classes the model does not know merge into one, index m ("unknown").
     truth_open = np.where(of_known, truth, m)
     predicted_open = np.where(rejected, m, predicted)
-    confusion = np.zeros((m + 1, m + 1), np.int64)
-    np.add.at(confusion, (truth_open, predicted_open), 1)
-    present = np.flatnonzero(confusion.sum(axis=1))
-    true_positive = np.diag(confusion).astype(np.float64)
-    recall = true_positive / np.maximum(confusion.sum(axis=1), 1)
-    precision = true_positive / np.maximum(confusion.sum(axis=0), 1)
-    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+    present, precision, recall, f1 = _per_class_scores(truth_open, predicted_open, m + 1)
     items = np.bincount(truth, minlength=m)
     hits = np.bincount(truth, weights=correct.astype(np.float64), minlength=m)
     with_items = np.flatnonzero(items).tolist()
