@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import cv2
 import numpy as np
@@ -48,7 +48,14 @@ from sqlalchemy.orm import Session
 
 import migrations
 from classifier.pretrained import available as pretrained_available
-from detector.synth import Packshot, SceneConfig, drawn_packshots, generate_scene, write_synthetic_datasets
+from detector.synth import (
+    Packshot,
+    SceneConfig,
+    SyntheticDatasets,
+    drawn_packshots,
+    generate_scene,
+    write_synthetic_datasets,
+)
 from inventory import queries
 from inventory.db import create_engine, run_in_transaction, session_factory
 from inventory.models import FacingRule, Location, LocationLevel, Sku, StockLevel
@@ -60,6 +67,9 @@ from workers.locate import location_label_image
 from workers.pipeline import PipelineConfig, ScanPipeline, load_models
 from workers.report import print_counts
 from workers.settings import Settings
+
+if TYPE_CHECKING:
+    from classifier.dataset import DatasetItem, ImageDataset
 
 __all__ = ["DEMO_SKUS", "DemoSize", "demo_packshots", "run_vision_demo", "train_demo_models"]
 
@@ -146,36 +156,22 @@ def demo_packshots() -> list[Packshot]:
                            names=[name.split()[0] for _, name, _ in DEMO_SKUS], seed=3)
 
 
-def train_demo_models(
-    folder: Path, size: DemoSize, packshots: list[Packshot], say: Callable[[str], None]
-) -> tuple[Path, Path]:
-    """Train (or reuse) the demo detector and classifier in ``folder``; returns their model directories.
-
-    Models are reused when ``folder/recipe.txt`` holds ``size.key()`` (a few minutes on 2 cores
-    otherwise); ``say`` receives progress lines.
-    """
-    detector_dir, classifier_dir = folder / "detector", folder / "classifier"
-    stamp = folder / "recipe.txt"
-    if stamp.is_file() and stamp.read_text().strip() == size.key() and (detector_dir / "model.onnx").is_file() \
-            and (classifier_dir / "model.onnx").is_file():
-        say(f"reusing the demo models in {folder} (same recipe {size.key()})")
-        return detector_dir, classifier_dir
-    from classifier.dataset import DatasetItem, read_image_folder
-    from classifier.train import train_classifier
-    from detector.train import train_detector
-
-    if folder.exists():
-        shutil.rmtree(folder)
-    work = folder / "work"
-    started = time.perf_counter()
-    synthetic = write_synthetic_datasets(
-        work / "synth", packshots, n_images=size.training_pictures, seed=11, config=_scene_config(size, photo=False),
+def demo_training_shelves(folder: Path, size: DemoSize, packshots: list[Packshot]) -> SyntheticDatasets:
+    """The demo's ``size.training_pictures`` synthetic training shelves (seed 11), written to ``folder``."""
+    return write_synthetic_datasets(
+        folder, packshots, n_images=size.training_pictures, seed=11, config=_scene_config(size, photo=False),
     )
-    say(f"generated {size.training_pictures} synthetic shelves ({sum(synthetic.boxes.values())} products) "
-        f"in {time.perf_counter() - started:.0f} s")
 
-    started = time.perf_counter()
-    crops = work / "crops"
+
+def cut_demo_crops(
+    synthetic: SyntheticDatasets, packshots: list[Packshot], crops: Path
+) -> tuple[ImageDataset, list[DatasetItem]]:
+    """Cut every labelled product out of the synthetic shelves into ``crops/all/<SKU>/`` (train and
+    val pictures alike; crops under 8 px a side are skipped) and write the packshots to
+    ``crops/packshots/``; returns the crops as an image-folder dataset and the packshots as extra
+    training items of its classes."""
+    from classifier.dataset import DatasetItem, read_image_folder
+
     for split in ("train", "val"):
         images = sorted((synthetic.root / "sku" / "images" / split).glob("*.jpg"))
         for image_path in images:
@@ -199,15 +195,59 @@ def train_demo_models(
         target.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(target), cv2.cvtColor(shot.image, cv2.COLOR_RGB2BGR))
         packshot_items.append(DatasetItem(target, train_set.class_names.index(shot.sku_code)))
+    return train_set, packshot_items
+
+
+def train_demo_classifier(
+    train_set: ImageDataset, packshot_items: list[DatasetItem], size: DemoSize, out_dir: Path
+) -> tuple[str, str, int]:
+    """Train the demo's SKU classifier into ``out_dir`` (20 % of each class validates);
+    returns its backbone, adaptation mode and epochs (:meth:`DemoSize.classifier_recipe`).
+
+    Raises:
+        ModelLoadError, MissingDependencyError: the backbone or its weights cannot be had.
+    """
+    from classifier.train import train_classifier
+
     backbone, mode = size.classifier_recipe()
     # a probe's epochs run on cached features (well under a second each): more of them cost nothing
     epochs = size.classifier_epochs * (4 if mode == "probe" else 1)
     train_classifier(
-        train_set, val_fraction=0.2, out_dir=classifier_dir,
+        train_set, val_fraction=0.2, out_dir=out_dir,
         backbone=backbone, mode=mode, input_size=size.classifier_input, resize="letterbox", embedding_dim=64,
         epochs=epochs, patience=epochs, batch=32, lr=3e-3, probe_views=2,
         extra_train_items=packshot_items, false_reject_rate=0.01, seed=0, command="shelftally demo",
     )
+    return backbone, mode, epochs
+
+
+def train_demo_models(
+    folder: Path, size: DemoSize, packshots: list[Packshot], say: Callable[[str], None]
+) -> tuple[Path, Path]:
+    """Train (or reuse) the demo detector and classifier in ``folder``; returns their model directories.
+
+    Models are reused when ``folder/recipe.txt`` holds ``size.key()`` (a few minutes on 2 cores
+    otherwise); ``say`` receives progress lines.
+    """
+    detector_dir, classifier_dir = folder / "detector", folder / "classifier"
+    stamp = folder / "recipe.txt"
+    if stamp.is_file() and stamp.read_text().strip() == size.key() and (detector_dir / "model.onnx").is_file() \
+            and (classifier_dir / "model.onnx").is_file():
+        say(f"reusing the demo models in {folder} (same recipe {size.key()})")
+        return detector_dir, classifier_dir
+    from detector.train import train_detector
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    work = folder / "work"
+    started = time.perf_counter()
+    synthetic = demo_training_shelves(work / "synth", size, packshots)
+    say(f"generated {size.training_pictures} synthetic shelves ({sum(synthetic.boxes.values())} products) "
+        f"in {time.perf_counter() - started:.0f} s")
+
+    started = time.perf_counter()
+    train_set, packshot_items = cut_demo_crops(synthetic, packshots, work / "crops")
+    backbone, mode, epochs = train_demo_classifier(train_set, packshot_items, size, classifier_dir)
     top1 = json.loads((classifier_dir / "metrics.json").read_text())["top1"]
     say(f"trained the SKU classifier ({backbone}, {mode}; {len(train_set.items)} crops, {epochs} epochs; "
         f"val top-1 {100 * top1:.1f} %) in {time.perf_counter() - started:.0f} s")
