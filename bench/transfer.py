@@ -15,9 +15,10 @@ and training seconds are read back from that directory's ``metrics.json``:
 - ``shufflenet-scratch-112``: ShuffleNet V2 from random weights, the recipe that shipped until
   the pretrained model replaced it (100 epochs, about 75 minutes on 2 cores).
 
-A row whose ``work/transfer/ROW/metrics.json`` exists, with the same backbone, mode, input size
-and epochs in its ``provenance.json``, is not retrained (``--retrain`` forces it): rows take
-minutes to over an hour, so they can be run a few at a time (``--row NAME``, repeatable).
+A row whose ``work/transfer/ROW`` holds a finished model made by the row's command (the options
+in its ``provenance.json``; data and output paths and threads aside) is not retrained
+(``--retrain`` forces it): rows take minutes to over an hour, so they can be run a few at a time
+(``--row NAME``, repeatable).
 
 Usage::
 
@@ -33,7 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import shlex
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -41,6 +42,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench._machine import cpu  # noqa: E402
+
 GROCERY = ROOT.parent / "shared" / "data" / "grocerystore"
 WORK = ROOT / "work" / "transfer"
 RESULTS = ROOT / "bench" / "results" / "transfer.json"
@@ -76,18 +81,27 @@ def command(row: str, threads: int) -> list[str]:
             *ROWS[row][4], "--threads", str(threads), "--out", str(WORK / row)]
 
 
+def _options(argv: list[str]) -> list[tuple[str, str]]:
+    """A ``classifier train`` command's options as sorted (flag, value) pairs, where it reads and
+    writes and its thread count left out (they do not change the recipe)."""
+    pairs: list[tuple[str, str]] = []
+    for i, token in enumerate(argv):
+        if token.startswith("--") and token not in ("--data", "--out", "--threads"):
+            value = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else ""
+            pairs.append((token, value))
+    return sorted(pairs)
+
+
 def _trained(row: str) -> bool:
-    """Whether ``work/transfer/ROW`` holds a finished model of this row's recipe."""
+    """Whether ``work/transfer/ROW`` holds a finished model made by this row's command (its
+    options compared with the recorded command's; data and output paths and threads aside)."""
     out = WORK / row
     try:
-        recipe = json.loads((out / "provenance.json").read_text())["recipe"]
+        recorded = json.loads((out / "provenance.json").read_text())["command"]
         json.loads((out / "metrics.json").read_text())
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         return False
-    backbone, mode, size, epochs, _ = ROWS[row]
-    architecture = backbone.split(".")[0]
-    return (recipe.get("backbone") == architecture and recipe.get("mode", "full") == mode
-            and recipe.get("input_size") == size and recipe.get("epochs") == epochs)
+    return _options(shlex.split(recorded)) == _options(command(row, 1))
 
 
 def measure(row: str) -> dict[str, Any]:
@@ -106,26 +120,14 @@ def measure(row: str) -> dict[str, Any]:
     }
 
 
-def cpu() -> str:
-    """The CPU model name and its vector flags, from /proc/cpuinfo."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor()
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-    return f"{name} ({', '.join(f for f in wanted if f in flags) or 'no AVX2'})"
-
-
 def table(rows: list[dict[str, Any]]) -> str:
     """The README's Markdown table."""
-    lines = ["| backbone | mode | input px | epochs run | val top-1 | top-5 | macro F1 | training min (2 threads) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| backbone | mode | input px | epochs run | val top-1 | top-5 | macro F1 | training min | threads |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['backbone']} | {r['mode']} | {r['input_size']} | {r['epochs_run']} | "
                      f"{100 * r['top1']:.1f} % | {100 * r['top5']:.1f} % | {r['macro_f1']:.3f} | "
-                     f"{r['training_seconds'] / 60:.1f} |")
+                     f"{r['training_seconds'] / 60:.1f} | {r['torch_threads'] or 'default'} |")
     return "\n".join(lines)
 
 

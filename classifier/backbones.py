@@ -44,7 +44,15 @@ from classifier.model_dir import (
     read_model_dir,
     write_metadata,
 )
-from classifier.pretrained import EXTRA, KeyMap, compare_keys, efficientnet_pytorch_to_timm, resolve, split_name
+from classifier.pretrained import (
+    EXTRA,
+    KeyMap,
+    compare_keys,
+    efficientnet_pytorch_to_timm,
+    locate,
+    resolve,
+    split_name,
+)
 
 try:
     import torch
@@ -242,7 +250,8 @@ class EmbeddingClassifier(nn.Module):
         return self.classify_features(self.backbone(images))
 
     def classify_features(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The part after the backbone: (B, F) pooled features -> ``(logits, embedding)``.
+        """The part after the backbone: (B, F) float32 pooled features -> ``(logits, embedding)``,
+        (B, C) float32 and (B, D) float32 of unit L2 norm.
 
         A linear probe trains only this part, on features computed once (:mod:`classifier.train`).
         """
@@ -516,6 +525,21 @@ def backbone_spec(name: str) -> _Backbone:
             reason="unknown_architecture",
         )
     return spec
+
+
+def require_backbone(name: str) -> None:
+    """Check, without building anything, that backbone ``name`` (``architecture`` or
+    ``architecture.tag`` with registered weights) can be built on this installation.
+
+    Raises:
+        ModelLoadError: unknown architecture (``unknown_architecture``) or weights
+            (``unknown_pretrained``), or the weights file absent (``pretrained_not_installed``).
+        MissingDependencyError: the weights' package or a module they need is not installed.
+    """
+    architecture, tag = split_name(name)
+    backbone_spec(architecture)
+    if tag is not None:
+        locate(name)
 
 
 def build_model(

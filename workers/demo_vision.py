@@ -157,7 +157,11 @@ def demo_packshots() -> list[Packshot]:
 
 
 def demo_training_shelves(folder: Path, size: DemoSize, packshots: list[Packshot]) -> SyntheticDatasets:
-    """The demo's ``size.training_pictures`` synthetic training shelves (seed 11), written to ``folder``."""
+    """The demo's ``size.training_pictures`` synthetic training shelves (seed 11), written to ``folder``.
+
+    Raises:
+        OSError: ``folder`` cannot be written.
+    """
     return write_synthetic_datasets(
         folder, packshots, n_images=size.training_pictures, seed=11, config=_scene_config(size, photo=False),
     )
@@ -169,8 +173,14 @@ def cut_demo_crops(
     """Cut every labelled product out of the synthetic shelves into ``crops/all/<SKU>/`` (train and
     val pictures alike; crops under 8 px a side are skipped) and write the packshots to
     ``crops/packshots/``; returns the crops as an image-folder dataset and the packshots as extra
-    training items of its classes."""
+    training items of its classes.
+
+    Raises:
+        DatasetError: a packshot's SKU has no crop (reason ``empty_split``).
+        OSError: a file cannot be read or written.
+    """
     from classifier.dataset import DatasetItem, read_image_folder
+    from classifier.errors import DatasetError
 
     for split in ("train", "val"):
         images = sorted((synthetic.root / "sku" / "images" / split).glob("*.jpg"))
@@ -194,6 +204,8 @@ def cut_demo_crops(
         target = crops / "packshots" / f"{shot.sku_code}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(target), cv2.cvtColor(shot.image, cv2.COLOR_RGB2BGR))
+        if shot.sku_code not in train_set.class_names:
+            raise DatasetError(f"SKU {shot.sku_code}: no crop of it in the training shelves", reason="empty_split")
         packshot_items.append(DatasetItem(target, train_set.class_names.index(shot.sku_code)))
     return train_set, packshot_items
 
@@ -206,6 +218,7 @@ def train_demo_classifier(
 
     Raises:
         ModelLoadError, MissingDependencyError: the backbone or its weights cannot be had.
+        DatasetError: fewer than 2 SKUs with crops, or no validation crops.
     """
     from classifier.train import train_classifier
 
@@ -227,16 +240,24 @@ def train_demo_models(
     """Train (or reuse) the demo detector and classifier in ``folder``; returns their model directories.
 
     Models are reused when ``folder/recipe.txt`` holds ``size.key()`` (a few minutes on 2 cores
-    otherwise); ``say`` receives progress lines.
+    otherwise); ``say`` receives progress lines. The classifier's backbone is checked before
+    anything in ``folder`` is replaced.
+
+    Raises:
+        ModelLoadError, MissingDependencyError: the classifier backbone is unknown or not installed
+            (:func:`classifier.backbones.require_backbone`); the previous models stay.
     """
     detector_dir, classifier_dir = folder / "detector", folder / "classifier"
     stamp = folder / "recipe.txt"
-    if stamp.is_file() and stamp.read_text().strip() == size.key() and (detector_dir / "model.onnx").is_file() \
+    key = size.key()
+    if stamp.is_file() and stamp.read_text().strip() == key and (detector_dir / "model.onnx").is_file() \
             and (classifier_dir / "model.onnx").is_file():
-        say(f"reusing the demo models in {folder} (same recipe {size.key()})")
+        say(f"reusing the demo models in {folder} (same recipe {key})")
         return detector_dir, classifier_dir
+    from classifier.backbones import require_backbone
     from detector.train import train_detector
 
+    require_backbone(size.classifier_recipe()[0])  # a wrong name must not cost the models already there
     if folder.exists():
         shutil.rmtree(folder)
     work = folder / "work"
@@ -260,7 +281,7 @@ def train_demo_models(
     say(f"trained the product detector ({size.detector_epochs} epochs at {size.detector_imgsz} px) "
         f"in {time.perf_counter() - started:.0f} s")
     shutil.rmtree(work)
-    stamp.write_text(size.key() + "\n")
+    stamp.write_text(key + "\n")
     return detector_dir, classifier_dir
 
 

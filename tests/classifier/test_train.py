@@ -21,7 +21,7 @@ from classifier.openset import (
 from classifier.recognize import Recognizer
 from classifier.train import classification_metrics
 from classifier.types import UNKNOWN_CLASS_ID
-from tests.classifier.conftest import SHAPE_CLASSES, shape_crop
+from tests.classifier.conftest import SHAPE_CLASSES, TOY_INPUT, shape_crop, write_shape_folder
 
 METRIC_KEYS = {
     "top1", "top5", "macro_precision", "macro_recall", "macro_f1", "per_class_accuracy", "training_seconds",
@@ -121,3 +121,45 @@ def test_classification_metrics_table() -> None:
 def test_metrics_json_is_plain_json(trained_shapes: Path) -> None:
     metrics = json.loads((trained_shapes / "metrics.json").read_text())
     assert isinstance(metrics["training_seconds"], float) and metrics["training_seconds"] > 0
+
+
+def test_a_probe_on_random_weights_ships_the_backbone_it_measured(
+    tmp_path: Path, shapes_folder: Path, one_torch_thread: None
+) -> None:
+    """The features a probe trains on and the network it writes come from one backbone, so the
+    deployed model scores what metrics.json says (cross-validation on: it must not change that)."""
+    from classifier.backends import load
+    from classifier.dataset import load_image, read_image_folder
+    from classifier.train import train_classifier
+
+    val = read_image_folder(write_shape_folder(tmp_path / "val", list(range(6)), 8, seed=2))
+    out = train_classifier(read_image_folder(shapes_folder), val=val, out_dir=tmp_path / "probe",
+                           backbone="resnet18", mode="probe", input_size=TOY_INPUT, epochs=8, batch=16,
+                           probe_views=1, cv_folds=2, seed=0)
+    measured = json.loads((out / "metrics.json").read_text())["top1"]
+    backend = load(out, backend="torch")
+    try:
+        named = backend.classify([load_image(item.path) for item in val.items])
+    finally:
+        backend.close()
+    deployed = float(np.mean(named.class_id == np.array([item.class_index for item in val.items])))
+    assert measured > 0.5  # well above chance (1/6): a network with another backbone would not get it
+    assert abs(deployed - measured) <= 2 / len(val.items)  # the cached copies are resized once more
+
+
+def test_cross_validation_does_not_change_the_model_trained(
+    tmp_path: Path, shapes_folder: Path, one_torch_thread: None
+) -> None:
+    import torch
+
+    from classifier.dataset import read_image_folder
+    from classifier.train import train_classifier
+
+    dataset = read_image_folder(shapes_folder)
+    stored = []
+    for folds in (0, 2):
+        out = train_classifier(dataset, out_dir=tmp_path / f"cv{folds}", backbone="resnet18", mode="probe",
+                               input_size=TOY_INPUT, epochs=3, batch=16, probe_views=1, cv_folds=folds, seed=0)
+        stored.append(torch.load(out / "model.pt", weights_only=True))
+    assert stored[0].keys() == stored[1].keys()
+    assert all(torch.equal(stored[0][k], stored[1][k]) for k in stored[0])

@@ -10,10 +10,12 @@ import sqlalchemy as sa
 from rich.console import Console
 from typer.testing import CliRunner
 
+from classifier.errors import ModelLoadError
 from inventory.db import create_engine, session_factory
 from inventory.models import Alert, DeliveryStatus, Discrepancy, DiscrepancyStatus, Scan
+from workers import demo_vision
 from workers.cli import app
-from workers.demo_vision import SHELVES, DemoSize, run_vision_demo
+from workers.demo_vision import SHELVES, DemoSize, demo_packshots, run_vision_demo, train_demo_models
 from workers.settings import Settings
 
 
@@ -65,3 +67,26 @@ def test_vision_demo_scans_its_photos_and_reuses_its_models(tmp_path: Path) -> N
     again = io.StringIO()
     run_vision_demo(workdir, console=Console(file=again, width=200), settings=Settings(), size=size)
     assert "reusing the demo models" in again.getvalue()
+
+
+def test_demo_classifier_is_pretrained_only_where_the_extra_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(demo_vision, "pretrained_available", lambda name: False)
+    assert DemoSize().classifier_recipe() == (demo_vision.SCRATCH_BACKBONE, "full")
+    without = DemoSize().key()
+    monkeypatch.setattr(demo_vision, "pretrained_available", lambda name: name == demo_vision.PRETRAINED_BACKBONE)
+    assert DemoSize().classifier_recipe() == (demo_vision.PRETRAINED_BACKBONE, "probe")
+    assert DemoSize().key() != without  # installing the extra retrains instead of reusing the old models
+    assert DemoSize(classifier_backbone="resnet18").classifier_recipe() == ("resnet18", "full")
+
+
+def test_a_wrong_demo_backbone_keeps_the_models_already_there(tmp_path: Path) -> None:
+    folder = tmp_path / "models"
+    kept = folder / "detector" / "model.onnx"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"trained before")
+    (folder / "recipe.txt").write_text("an older recipe\n")
+    for name, reason in (("nonet", "unknown_architecture"), ("resnet18.nonsense", "unknown_pretrained")):
+        with pytest.raises(ModelLoadError) as caught:
+            train_demo_models(folder, DemoSize(classifier_backbone=name), demo_packshots(), print)
+        assert caught.value.reason == reason
+        assert kept.read_bytes() == b"trained before"
