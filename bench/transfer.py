@@ -9,8 +9,8 @@ and training seconds are read back from that directory's ``metrics.json``:
   head on the features of each picture and 4 augmented views), the shipped model's recipe
   without its cross-validation;
 - ``lite0-partial-{128,224}``: the first 6 of the 9 stages frozen, the rest fine-tuned;
-- ``lite0-full-224``: everything fine-tuned, backbone learning rate 0.1x the head's, layer-wise
-  decay 0.8 from the top;
+- ``lite0-full-{128,224}``: everything fine-tuned, backbone learning rate 0.1x the head's,
+  layer-wise decay 0.8 from the top;
 - ``lite1-probe-240``: the probe on EfficientNet-Lite1 at its own 240 px;
 - ``shufflenet-scratch-112``: ShuffleNet V2 from random weights, the recipe that shipped until
   the pretrained model replaced it (100 epochs, about 75 minutes on 2 cores).
@@ -66,6 +66,7 @@ ROWS: dict[str, tuple[str, str, int, int, list[str]]] = {
     "lite0-partial-128": ("efficientnet_lite0.imagenet", "partial", 128, 4,
                           _LITE0 + _PARTIAL + ["--input-size", "128"]),
     "lite0-partial-224": ("efficientnet_lite0.imagenet", "partial", 224, 4, _LITE0 + _PARTIAL),
+    "lite0-full-128": ("efficientnet_lite0.imagenet", "full", 128, 4, _LITE0 + _FULL + ["--input-size", "128"]),
     "lite0-full-224": ("efficientnet_lite0.imagenet", "full", 224, 4, _LITE0 + _FULL),
     "lite1-probe-240": ("efficientnet_lite1.imagenet", "probe", 240, 60,
                         ["--backbone", "efficientnet_lite1.imagenet", *_PROBE]),
@@ -155,10 +156,10 @@ def main() -> None:
         result["date"] = datetime.fromtimestamp((WORK / row / "metrics.json").stat().st_mtime, UTC).isoformat(
             timespec="seconds")
         previous[row] = result
-    ordered = [previous[name] for name in ROWS if name in previous]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"benchmark": "transfer", "data": "Grocery Store val (296 pictures)",
-                                    "rows": ordered}, indent=2) + "\n")
+        ordered = [previous[name] for name in ROWS if name in previous]
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"benchmark": "transfer", "data": "Grocery Store val (296 pictures)",
+                                        "rows": ordered}, indent=2) + "\n")  # after each row: rows take long
     print(table(ordered))
 
 
