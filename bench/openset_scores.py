@@ -1,6 +1,6 @@
 """Benchmark: which open-set score tells a held-out SKU from a trained one (not a test; run on demand).
 
-For a classifier trained with ``--holdout-classes N`` (its ``openset.json`` names the held-out
+For a classifier trained with ``--holdout-classes N`` (its ``metrics.json`` names the held-out
 SKUs), every Grocery Store *val* picture is run through the torch model once
 (:func:`classifier.backbones.load_model_dir`), keeping the pooled backbone features (F-D), the
 L2-normalised embedding (D) and the logits. The trained SKUs' *train* pictures give the class
@@ -92,9 +92,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     directory = read_model_dir(args.model)
-    held_out = set(json.loads((args.model / "openset.json").read_text()).get("held_out_classes") or [])
+    held_out = set((directory.metrics.get("openset") or {}).get("held_out_classes") or [])
     if not held_out:
-        sys.exit(f"{args.model}: no held-out SKUs in openset.json (train it with --holdout-classes N)")
+        sys.exit(f"{args.model}: no held-out SKUs in metrics.json (train it with --holdout-classes N)")
     labels = list(directory.labels)
     model = load_model_dir(directory).eval()
     train, val = read_grocery_store(GROCERY, "train"), read_grocery_store(GROCERY, "val")
