@@ -28,6 +28,7 @@ statistics with :func:`recalibrate_batchnorm` before evaluating or exporting.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import pickle
 from collections.abc import Callable, Iterable, Mapping
@@ -47,6 +48,7 @@ from classifier.model_dir import (
 from classifier.pretrained import (
     EXTRA,
     KeyMap,
+    architecture_requires,
     compare_keys,
     efficientnet_pytorch_to_timm,
     locate,
@@ -369,14 +371,21 @@ def recalibrate_batchnorm(model: EmbeddingClassifier, batches: Iterable[torch.Te
     return len(layers)
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file (a state dict, or one under "state_dict" / "model").
+
+    Raises:
+        ModelLoadError: absent (``model_file_missing``) or not a torch state dict (``model_file_unreadable``).
+    """
     if not path.is_file():
         raise ModelLoadError(f"weights file {path} does not exist", reason="model_file_missing")
     try:
         loaded = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as error:
+    except (OSError, RuntimeError, ValueError, EOFError, IndexError, KeyError, AttributeError, TypeError,
+            pickle.UnpicklingError) as error:  # torch's unpickler fails in many ways on a foreign file
         raise ModelLoadError(
-            f"cannot read weights {path} (expected a torch state dict): {error}", reason="model_file_unreadable"
+            f"cannot read weights {path} (expected a torch state dict): {type(error).__name__}: {error}",
+            reason="model_file_unreadable",
         ) from error
     if isinstance(loaded, Mapping):
         for key in ("state_dict", "model"):
@@ -452,7 +461,7 @@ def load_pretrained(
             missing, unexpected or of another shape (``pretrained_mismatch``; the message lists them).
     """
     source = Path(path)
-    state = _read_state_dict(source)
+    state = read_state_dict(source)
     if state and all(key.startswith("module.") for key in state):
         state = {key.removeprefix("module."): value for key, value in state.items()}
     spec = BACKBONES[name]
@@ -504,7 +513,7 @@ def load_named_weights(
         )
     resolved = resolve(
         weights, backbone.state_dict(), head_prefix=BACKBONES[name].head + ".", allow_partial=allow_partial,
-        read_state_dict=_read_state_dict,
+        read_state_dict=read_state_dict,
     )
     _fit(backbone, resolved.state_dict, label=weights, name=name, allow_partial=True)
     logger.info("loaded %s (%s tensors from %s, sha256 %s...)", weights, resolved.provenance["tensors"],
@@ -540,6 +549,14 @@ def require_backbone(name: str) -> None:
     backbone_spec(architecture)
     if tag is not None:
         locate(name)
+    for module in architecture_requires(architecture):
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise MissingDependencyError(
+                f"the {architecture} backbone needs {module}, which cannot be imported ({error}): "
+                f"pip install 'shelftally[{EXTRA}]'"
+            ) from error
 
 
 def build_model(
@@ -697,7 +714,7 @@ def load_model_dir(model_dir: str | Path | ModelDir) -> EmbeddingClassifier:
     path = directory.file(WEIGHTS_PT)
     architecture = directory.architecture
     model = build_model(architecture, directory.num_classes, weights=architecture.backbone_weights)
-    state = _read_state_dict(path)
+    state = read_state_dict(path)
     if architecture.backbone_weights is not None:  # model.pt holds the embedding and head only
         state = {**{k: v for k, v in model.state_dict().items() if k.startswith("backbone.")}, **state}
     problems = _mismatch(state, model.state_dict())

@@ -326,6 +326,12 @@ def _locate(cfg: PretrainedCfg) -> tuple[Path, str | None]:
     return path, version
 
 
+def architecture_requires(architecture: str) -> tuple[str, ...]:
+    """Modules beyond torch and torchvision the backbone ``architecture`` is built with (the
+    :attr:`PretrainedCfg.requires` of its registered weights; ``("timm",)`` for EfficientNet-Lite)."""
+    return tuple(sorted({m for cfg in PRETRAINED.values() if cfg.architecture == architecture for m in cfg.requires}))
+
+
 def locate(name: str) -> Path:
     """The installed weights file of ``name`` (not read or verified: :func:`resolve` does that).
 
@@ -337,11 +343,13 @@ def locate(name: str) -> Path:
     cfg = lookup(name)
     path, _ = _locate(cfg)
     for module in cfg.requires:
-        if importlib.util.find_spec(module) is None:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
             raise MissingDependencyError(
-                f"pretrained weights {cfg.name}: the {cfg.architecture} backbone needs {module}, which is not "
-                f"installed: pip install 'shelftally[{EXTRA}]'"
-            )
+                f"pretrained weights {cfg.name}: the {cfg.architecture} backbone needs {module}, which cannot be "
+                f"imported ({error}): pip install 'shelftally[{EXTRA}]'"
+            ) from error
     return path
 
 

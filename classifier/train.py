@@ -75,6 +75,7 @@ except ImportError as _error:  # pragma: no cover - the tests run with torch ins
 from classifier.backbones import (
     EmbeddingClassifier,
     build_model,
+    read_state_dict,
     recalibrate_batchnorm,
     require_backbone,
     save_model_dir,
@@ -665,6 +666,8 @@ def train_classifier(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     require_backbone(backbone)  # an unknown or missing backbone fails here, before any picture is decoded
+    if pretrained is not None:
+        read_state_dict(Path(pretrained))  # so does an unreadable weights file (its fit is checked when built)
     architecture_name, tag = split_name(backbone)
     weights = backbone if tag is not None else None
     if weights is not None and pretrained is not None:

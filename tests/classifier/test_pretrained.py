@@ -113,10 +113,11 @@ def test_bad_names_and_files_give_one_line_reasons(tmp_path: Path) -> None:
         build_model("efficientnet_lite0.imagenet21k", 3)
     assert caught.value.reason == "unknown_pretrained" and "efficientnet_lite0.imagenet" in str(caught.value)
     corrupt = tmp_path / "corrupt.pth"
-    corrupt.write_bytes(b"\x80\x02not a checkpoint at all")
-    with pytest.raises(ModelLoadError) as caught:
-        build_model("efficientnet_lite0", 3, pretrained=corrupt)
-    assert caught.value.reason == "model_file_unreadable"
+    for content in (b"\x80\x02not a checkpoint at all", b"plain text, not a checkpoint\n", b""):
+        corrupt.write_bytes(content)
+        with pytest.raises(ModelLoadError) as caught:  # torch's loader fails differently on each
+            build_model("efficientnet_lite0", 3, pretrained=corrupt)
+        assert caught.value.reason == "model_file_unreadable"
     foreign = tmp_path / "resnet18.pth"
     torch.save(BACKBONES["resnet18"].builder(weights=None).state_dict(), foreign)
     with pytest.raises(ModelLoadError) as caught:
@@ -224,3 +225,22 @@ def test_backbones_command_lists_installed_weights() -> None:
     assert result.exit_code == 0, result.output
     rows = {row["name"]: row for row in json.loads(result.output)["pretrained"]}
     assert rows[LITE0]["installed"] is True and rows["resnet18.imagenet1k_v1"]["installed"] is False
+
+
+def test_a_backbone_whose_module_cannot_be_imported_is_refused_up_front(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    from classifier import backbones
+
+    real = importlib.import_module
+
+    def without_timm(name: str, *args: object) -> object:
+        if name == "timm":
+            raise ImportError("timm is broken here")
+        return real(name, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(backbones.importlib, "import_module", without_timm)
+    for name in ("efficientnet_lite0", "efficientnet_lite1.imagenet"):
+        with pytest.raises(MissingDependencyError, match=r"shelftally\[pretrained\]"):
+            backbones.require_backbone(name)
+    backbones.require_backbone("resnet18")  # needs nothing beyond torchvision
