@@ -415,7 +415,7 @@ def _fit(
     train_features = val_features = None
     if recipe.mode == "probe":
         if features is None:
-            features = _probe_features(recipe, preprocess, train_cache, val_cache, classes)
+            raise ValueError("a probe fit needs its features (_probe_features of these caches)")
         # the backbone the features came from (a random or partly loaded one differs between builds)
         model.backbone.load_state_dict(features.backbone)
         train_features, val_features = features.views[0], features.val
@@ -509,20 +509,17 @@ def _random_state_kept() -> Iterator[None]:
 
 def _cross_validate(
     recipe: _Recipe, preprocess: Preprocess, cache: _Cached, classes: int, folds: int,
-    progress: Callable[[int, int], None] | None = None, features: _ProbeFeatures | None = None,
-    positions: npt.NDArray[np.int64] | None = None,
+    positions: npt.NDArray[np.int64], progress: Callable[[int, int], None] | None = None,
+    features: _ProbeFeatures | None = None,
 ) -> dict[str, Any]:
     """k-fold top-1 on the training pictures (:func:`fold_assignments`) with the same recipe; each
     fold model stops early on its own held-out fold, so the figure is mildly optimistic. A probe
     reuses ``features`` (one row per picture of ``cache``) instead of running the backbone again.
     ``positions``: (N,) each picture's place in the dataset, whose order is the capture order the
-    folds follow (None: ``cache`` is in that order)."""
-    if positions is None:
-        assignment = fold_assignments(cache.labels, folds)
-    else:
-        sequence = np.argsort(positions, kind="stable")
-        assignment = np.empty(len(cache.labels), np.int64)
-        assignment[sequence] = fold_assignments(cache.labels[sequence], folds)
+    folds follow."""
+    sequence = np.argsort(positions, kind="stable")
+    assignment = np.empty(len(cache.labels), np.int64)
+    assignment[sequence] = fold_assignments(cache.labels[sequence], folds)
     scores: list[float] = []
     items: list[int] = []
     for fold in range(folds):
@@ -728,10 +725,10 @@ def train_classifier(
         # the folds draw from the global generators; the final fit must not depend on whether they ran
         with _random_state_kept():
             cross_validation = _cross_validate(
-                recipe, preprocess, own_cache, len(labels), cv_folds, cv_progress,  # own pictures come first
-                None if features is None else _ProbeFeatures(
+                recipe, preprocess, own_cache, len(labels), cv_folds,
+                np.array([place[item.path] for item in train_items], np.int64), cv_progress,
+                None if features is None else _ProbeFeatures(  # own pictures come first
                     features.views[:, : len(own_cache.labels)], features.val, features.backbone),
-                np.array([place[item.path] for item in train_items], np.int64),
             )
     fitted = _fit(recipe, preprocess, train_cache, val_cache, len(labels), rng, progress, features)
     model = fitted.model
