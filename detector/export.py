@@ -39,6 +39,9 @@ def load_checkpoint(yolo: Any, local: Path, shown: Path) -> Any:
     Raises:
         ModelLoadError: the file is not a loadable ultralytics checkpoint (reason ``model_file_unreadable``).
     """
+    from detector.backbones import register_modules
+
+    register_modules()  # a checkpoint with a pretrained backbone names it in its YAML
     try:
         return yolo(str(local))
     except (TypeError, ValueError, RuntimeError, EOFError, KeyError, AttributeError, OSError) as error:

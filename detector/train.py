@@ -85,8 +85,10 @@ def resolve_model(model: str | Path) -> str:
 
     Args:
         model: a local ``.pt`` file (fine-tuning), a model directory holding ``model.pt``, a
-            local model YAML, or the name of a model YAML that ultralytics ships
-            (``yolov8n.yaml``, ``yolo11s.yaml``; the scale letter picks the size).
+            local model YAML, the name of a model YAML that ShelfTally ships with a pretrained
+            backbone (``yolov8n-lite0.yaml``, :func:`detector.backbones.backbone_yamls`), or the
+            name of one that ultralytics ships (``yolov8n.yaml``, ``yolo11s.yaml``; the scale
+            letter picks the size).
 
     Returns:
         What to pass to ``ultralytics.YOLO``.
@@ -98,6 +100,12 @@ def resolve_model(model: str | Path) -> str:
     """
     text = str(model).strip()
     path = Path(text)
+    if len(path.parts) == 1 and not path.exists():
+        from detector.backbones import backbone_yaml
+
+        shipped = backbone_yaml(text)
+        if shipped is not None:
+            return str(shipped)
     if path.is_dir() and (path / WEIGHTS_PT).is_file():
         return str((path / WEIGHTS_PT).resolve())
     if path.is_file():
@@ -191,6 +199,19 @@ def _box_metrics(results: Any, names: list[str], prefix: str) -> dict[str, Any]:
         per_class[names[int(class_index)]] = round(float(box.ap50[i]), 6)
     out[f"{prefix}mAP50_per_class"] = per_class
     return out
+
+
+def _backbone_record(model_yaml: dict[str, Any]) -> dict[str, Any]:
+    """What provenance.json says of the backbone: its pretrained weights, or YOLO's own random start."""
+    from detector.backbones import pretrained_provenance, uses_efficientnet_lite
+
+    lite = uses_efficientnet_lite(model_yaml)
+    if lite is None:
+        return {"architecture": "yolo", "pretrained": None}
+    row = next(r for r in model_yaml["backbone"] if r[2] == "EfficientNetLite")
+    pretrained = bool(row[3][1]) if len(row[3]) > 1 else True
+    return {"architecture": f"tf_efficientnet_lite{lite}",
+            "pretrained": pretrained_provenance(lite) if pretrained else None}
 
 
 def _callbacks(model: Any, progress: ProgressCallback, started: float) -> None:
@@ -370,6 +391,9 @@ def _train(
     recipe.update(hyperparameters)
     recipe.update(imgsz=imgsz, epochs=epochs, batch=batch, seed=seed, device=device)
     logger.info("training %s on %s (%s train images): %s", model, data_yaml, train_images, recipe)
+    from detector.backbones import register_modules
+
+    register_modules()
     detector = load_checkpoint(yolo, Path(model), Path(model)) if Path(model).suffix == ".pt" else yolo(model)
     started = time.monotonic()
     if progress is not None:
@@ -420,6 +444,7 @@ def _train(
             },
         },
         "base_model": base_model,
+        "backbone": _backbone_record(detector.model.yaml),
         "recipe": {"requested": _plain(recipe), "ultralytics_args": trained_args},
         "libraries": _versions(),
         "device": device,

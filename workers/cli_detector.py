@@ -54,9 +54,9 @@ def train_cmd(
     data: Annotated[Path, typer.Option("--data", help="The dataset's data.yaml (YOLO / Roboflow format).",
                                        exists=True, dir_okay=False)],
     out: Annotated[Path, typer.Option("--out", help="Model directory to write.")],
-    model: Annotated[str, typer.Option("--model", help="Model YAML to train from scratch (never downloaded).")] = (
-        "yolov8n.yaml"
-    ),
+    model: Annotated[str, typer.Option(
+        "--model", help="Model YAML (never downloaded): yolov8n.yaml trains from scratch, yolov8n-lite0.yaml starts "
+        "from ImageNet EfficientNet-Lite0 weights (extra pretrained).")] = "yolov8n.yaml",
     fine_tune_from: Annotated[
         Path | None, typer.Option("--fine-tune-from", help="Local .pt or model directory to fine-tune.", exists=True)
     ] = None,
