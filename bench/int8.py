@@ -43,9 +43,10 @@ from classifier.dataset import load_image, read_grocery_store  # noqa: E402
 from classifier.model_dir import read_model_dir as read_classifier_dir  # noqa: E402
 from classifier.preprocess import prepare_batch  # noqa: E402
 from classifier.quantize import quantize_classifier  # noqa: E402
+from detector.dataset import split_pictures  # noqa: E402
 from detector.model_dir import read_model_dir as read_detector_dir  # noqa: E402
 from detector.preprocess import letterbox  # noqa: E402
-from detector.quantize import EvaluationSet, quantize_detector, split_pictures  # noqa: E402
+from detector.quantize import EvaluationSet, quantize_detector  # noqa: E402
 from shelftally.int8 import INT8_XML  # noqa: E402
 
 GROCERY = ROOT.parent / "shared" / "data" / "grocerystore"

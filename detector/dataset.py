@@ -32,6 +32,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
+import numpy.typing as npt
 import yaml  # type: ignore[import-untyped,unused-ignore]
 
 from detector.errors import DatasetError
@@ -44,10 +47,13 @@ __all__ = [
     "LabelRows",
     "SplitReport",
     "dataset_hash",
+    "labels_xyxy",
     "parse_label_text",
     "prepare_dataset",
     "read_data_yaml",
+    "read_rgb",
     "resolve_splits",
+    "split_pictures",
 ]
 
 #: File name suffixes read as images (lower case; the subset of ultralytics' ``IMG_FORMATS``
@@ -542,3 +548,39 @@ def prepare_dataset(data_yaml: str | Path, out_dir: str | Path) -> DatasetReport
         result.dataset_hash[:12],
     )
     return result
+
+
+def split_pictures(prepared_root: Path, split: str) -> list[tuple[Path, Path]]:
+    """``(image, label)`` pairs of a split prepared by :func:`detector.dataset.prepare_dataset`, sorted by path."""
+    images = prepared_root / "images" / split
+    pairs = []
+    for image in sorted(p for p in images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+        label = (prepared_root / "labels" / split / image.relative_to(images)).with_suffix(".txt")
+        pairs.append((image, label))
+    return pairs
+
+
+def read_rgb(path: Path) -> npt.NDArray[np.uint8]:
+    """A labelled picture as (H, W, 3) uint8 RGB, upright (OpenCV applies EXIF orientation, as
+    ultralytics' loader does).
+
+    Raises:
+        DatasetError: the file cannot be decoded (``image_unreadable``).
+    """
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise DatasetError(f"cannot decode {path}", reason="image_unreadable")
+    return np.ascontiguousarray(image[:, :, ::-1])
+
+
+def labels_xyxy(label: Path, width: int, height: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """A prepared label file's boxes: (N, 4) float32 xyxy in pixels of a ``width`` x ``height``
+    picture, and (N,) int64 class ids. A missing or empty file is a background picture (N = 0)."""
+    rows = [line.split() for line in label.read_text(encoding="utf-8").splitlines() if line.strip()] \
+        if label.is_file() else []
+    if not rows:
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+    data = np.array(rows, dtype=np.float64)
+    cx, cy, w, h = data[:, 1] * width, data[:, 2] * height, data[:, 3] * width, data[:, 4] * height
+    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1).astype(np.float32)
+    return boxes, data[:, 0].astype(np.int64)

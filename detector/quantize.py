@@ -28,14 +28,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
 from detector._offline import configure_offline
 from detector.backends.base import BackendConfig
 from detector.backends.openvino import OpenVinoBackend
-from detector.dataset import prepare_dataset
+from detector.dataset import labels_xyxy, prepare_dataset, read_rgb, split_pictures
 from detector.errors import DatasetError
 from detector.export import export_openvino
 from detector.model_dir import WEIGHTS_ONNX, read_model_dir
@@ -59,7 +58,6 @@ __all__ = [
     "evaluate_backends",
     "parse_evaluation_set",
     "quantize_detector",
-    "split_pictures",
 ]
 
 logger = logging.getLogger(__name__)
@@ -112,34 +110,6 @@ def parse_evaluation_set(text: str) -> EvaluationSet:
     if not path:
         raise ValueError(f"expected DATA.yaml[:train|val|test], received {text!r}")
     return EvaluationSet(Path(path), split)
-
-
-def split_pictures(prepared_root: Path, split: str) -> list[tuple[Path, Path]]:
-    """``(image, label)`` pairs of a split prepared by :func:`detector.dataset.prepare_dataset`, sorted by path."""
-    images = prepared_root / "images" / split
-    pairs = []
-    for image in sorted(p for p in images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
-        label = (prepared_root / "labels" / split / image.relative_to(images)).with_suffix(".txt")
-        pairs.append((image, label))
-    return pairs
-
-
-def _read_rgb(path: Path) -> npt.NDArray[np.uint8]:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # applies EXIF orientation, as ultralytics' loader does
-    if image is None:
-        raise DatasetError(f"cannot decode {path}", reason="image_unreadable")
-    return np.ascontiguousarray(image[:, :, ::-1])
-
-
-def _labels_xyxy(label: Path, width: int, height: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-    rows = [line.split() for line in label.read_text(encoding="utf-8").splitlines() if line.strip()] \
-        if label.is_file() else []
-    if not rows:
-        return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
-    data = np.array(rows, dtype=np.float64)
-    cx, cy, w, h = data[:, 1] * width, data[:, 2] * height, data[:, 3] * width, data[:, 4] * height
-    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1).astype(np.float32)
-    return boxes, data[:, 0].astype(np.int64)
 
 
 def evaluate_backend(
@@ -203,8 +173,8 @@ def evaluate_backends(
                 )
         pairs = split_pictures(Path(work) / "data", split)
         for index, (image_path, label_path) in enumerate(pairs):
-            image = _read_rgb(image_path)
-            truth, truth_cls = _labels_xyxy(label_path, image.shape[1], image.shape[0])
+            image = read_rgb(image_path)
+            truth, truth_cls = labels_xyxy(label_path, image.shape[1], image.shape[0])
             if agnostic:
                 truth_cls = np.zeros_like(truth_cls)
             boxes_total += len(truth)
@@ -269,7 +239,7 @@ def calibration_batches(
         chosen = sorted(rng.choice(len(pairs), size=min(pictures, len(pairs)), replace=False).tolist())
         batches = []
         for i in chosen:
-            batches.append(letterbox([_read_rgb(pairs[i][0])], model.preprocess)[0])
+            batches.append(letterbox([read_rgb(pairs[i][0])], model.preprocess)[0])
             if progress is not None:
                 progress(len(batches), len(chosen))
     return batches, len(pairs)
