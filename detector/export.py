@@ -28,7 +28,7 @@ from shelftally.files import sha256_file
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["export_model_dir", "export_onnx", "export_openvino", "pt_imgsz"]
+__all__ = ["export_model_dir", "export_onnx", "export_openvino", "pt_imgsz", "store_weights_fp16"]
 
 FORMATS = ("onnx", "openvino")
 
@@ -205,7 +205,69 @@ def export_openvino(source: str | Path, out_dir: str | Path | None = None, *, im
     return xml
 
 
-def export_model_dir(model_dir: str | Path, fmt: str) -> Path:
+def store_weights_fp16(path: str | Path, *, min_elements: int = 64) -> dict[str, int]:
+    """Rewrite an ONNX file so that its float32 weights are stored as float16 and cast back.
+
+    Every float32 initializer of at least ``min_elements`` values becomes a float16 initializer
+    followed by a ``Cast`` to float32 under the original name, so the graph computes in float32
+    as before; ONNX Runtime and OpenVINO fold the casts into constants when they load the model
+    (ONNX Runtime's constant folding; OpenVINO keeps FP16-compressed weights as its own IR does).
+    The file halves; each weight moves by at most float16's rounding (relative 2^-11, IEEE 754
+    binary16). A file already converted is left as it is (no float32 initializer left).
+
+    Args:
+        path: the ``.onnx`` file, rewritten in place.
+        min_elements: smaller tensors (shapes, scalars, biases of a few values) stay float32.
+
+    Returns:
+        ``{"converted": initializers converted, "bytes_before", "bytes_after"}``.
+
+    Raises:
+        ModelLoadError: the file is not a valid ONNX model (``export_failed``).
+        MissingDependencyError: onnx is not installed.
+    """
+    try:
+        import numpy as np
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError as error:
+        raise MissingDependencyError("onnx is not installed: pip install 'shelftally[train]'") from error
+    target = Path(path)
+    before = target.stat().st_size
+    try:
+        model = onnx.load(str(target))
+    except Exception as error:  # onnx raises DecodeError, ValueError, OSError
+        raise ModelLoadError(f"{target} is not an ONNX model: {error}", reason="export_failed") from error
+    graph = model.graph
+    casts, kept, converted = [], [], 0
+    for tensor in graph.initializer:
+        if tensor.data_type != TensorProto.FLOAT or int(np.prod(tensor.dims)) < min_elements:
+            kept.append(tensor)
+            continue
+        half = numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), f"{tensor.name}__fp16")
+        kept.append(half)
+        casts.append(helper.make_node("Cast", [half.name], [tensor.name], to=TensorProto.FLOAT,
+                                      name=f"{tensor.name}__cast"))
+        converted += 1
+    if converted:
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+        nodes = list(graph.node)
+        del graph.node[:]
+        graph.node.extend(casts + nodes)
+        onnx.checker.check_model(model)
+        with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".onnx", delete=False) as handle:
+            temporary = Path(handle.name)
+        onnx.save(model, str(temporary))
+        shutil.copymode(target, temporary)
+        temporary.replace(target)
+    result = {"converted": converted, "bytes_before": before, "bytes_after": target.stat().st_size}
+    logger.info("%s: %s float32 weights stored as float16, %s -> %s bytes", target, converted, before,
+                result["bytes_after"])
+    return result
+
+
+def export_model_dir(model_dir: str | Path, fmt: str, *, fp16_weights: bool = False) -> Path:
     """(Re-)export the weights of a model directory in place.
 
     ``onnx`` exports ``model.pt`` at the directory's ``preprocess.json`` input size; ``openvino``
@@ -214,6 +276,8 @@ def export_model_dir(model_dir: str | Path, fmt: str) -> Path:
     Args:
         model_dir: a model directory (see :mod:`detector.model_dir`).
         fmt: ``"onnx"`` or ``"openvino"``.
+        fp16_weights: ``onnx`` only: store the weights as float16 (:func:`store_weights_fp16`);
+            a directory without ``model.pt`` has its existing ``model.onnx`` converted.
 
     Returns:
         Path of the written ``model.onnx`` or ``openvino/model.xml``.
@@ -224,7 +288,13 @@ def export_model_dir(model_dir: str | Path, fmt: str) -> Path:
     """
     info = read_model_dir(model_dir)
     if fmt == "onnx":
-        return export_onnx(info.file(WEIGHTS_PT), info.path, info.preprocess.input_size)
+        if fp16_weights and not (info.path / WEIGHTS_PT).is_file():
+            path = info.file(WEIGHTS_ONNX)
+        else:
+            path = export_onnx(info.file(WEIGHTS_PT), info.path, info.preprocess.input_size)
+        if fp16_weights:
+            store_weights_fp16(path)
+        return path
     if fmt == "openvino":
         return export_openvino(info.path, info.path, imgsz=info.preprocess.input_size)
     raise ModelLoadError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}", reason="unknown_format")

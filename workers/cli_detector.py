@@ -218,6 +218,9 @@ def quantize_cmd(
 def export_cmd(
     model_dir: Annotated[Path, typer.Argument(help="A model directory.", exists=True, file_okay=False)],
     fmt: Annotated[str, typer.Option("--format", help="onnx or openvino.")] = "onnx",
+    fp16_weights: Annotated[bool, typer.Option(
+        "--fp16-weights", help="ONNX: store the weights as float16 (half the file; computed in float32). Without "
+        "model.pt the existing model.onnx is converted.")] = False,
 ) -> None:
     """Export a model directory's weights to ONNX (from model.pt) or OpenVINO IR (from model.onnx)."""
     from detector.export import FORMATS, export_model_dir
@@ -225,7 +228,7 @@ def export_cmd(
     if fmt not in FORMATS:
         raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(FORMATS)}", param_hint="--format")
     try:
-        path = export_model_dir(model_dir, fmt)
+        path = export_model_dir(model_dir, fmt, fp16_weights=fp16_weights)
     except ShelfTallyError as error:
         raise _fail(error) from error
     console.print(f"wrote {path}", highlight=False)
@@ -282,3 +285,28 @@ def synth_cmd(
         f"class-agnostic: {result.agnostic_yaml}\nper SKU:        {result.per_sku_yaml}",
         highlight=False,
     )
+
+
+@detector_app.command("merge")
+def merge_cmd(
+    sources: Annotated[list[str], typer.Option(
+        "--source", help="A dataset's data.yaml, or data.yaml:train[,val,test] for only those splits (repeatable).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder of the merged dataset (replaced if an earlier merge).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Merge YOLO datasets into one class-agnostic product dataset (every box becomes class 0, product)."""
+    from detector.merge import merge_datasets, parse_source
+
+    try:
+        report = merge_datasets([parse_source(text) for text in sources], out)
+    except ShelfTallyError as error:
+        raise _fail(error, as_json) from error
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
+        return
+    for entry in report.sources:
+        counts = ", ".join(f"{k} {v['images']} pictures / {v['boxes']} boxes" for k, v in entry["splits"].items())
+        console.print(f"{escape(entry['data_yaml'])}: {counts}", highlight=False)
+    totals = ", ".join(f"{k} {report.images[k]} / {report.boxes[k]}" for k in report.images)
+    console.print(f"merged (pictures / boxes): {totals}\ndata: {escape(report.data_yaml)}", highlight=False)
+
