@@ -12,6 +12,9 @@ its own)::
     labels.json         ["product"] or SKU codes; list index = class_id
     preprocess.json     input size, letterbox, normalisation, channel order (:class:`Preprocess`)
     metrics.json        mAP50, mAP50-95, precision, recall on the validation split (and more)
+    inference.json      the model's counting settings: {"confidence", "max_det", "object_px", "chosen_on"}
+                        (the best-F1 confidence on its validation split, detector.counting.recommend);
+                        backends loaded without an explicit threshold use them
     provenance.json     dataset hash, training recipe, library versions, creation time
     train_log.csv       per-epoch losses and validation metrics of the training run
 """
@@ -31,6 +34,9 @@ LABELS = "labels.json"
 PREPROCESS = "preprocess.json"
 METRICS = "metrics.json"
 PROVENANCE = "provenance.json"
+INFERENCE = "inference.json"
+#: What a backend uses where neither the caller nor ``inference.json`` sets a threshold.
+DEFAULT_CONFIDENCE = 0.25
 WEIGHTS_PT = "model.pt"
 WEIGHTS_ONNX = "model.onnx"
 OPENVINO_XML = "openvino/model.xml"
@@ -38,7 +44,7 @@ OPENVINO_XML = "openvino/model.xml"
 OPENVINO_SOURCE = "openvino/source.json"
 #: Files and folders a training run writes; replaced together when a model directory is retrained.
 ARTIFACTS = (WEIGHTS_PT, WEIGHTS_ONNX, "openvino", "engines", LABELS, PREPROCESS, METRICS, PROVENANCE,
-             "train_log.csv")
+             INFERENCE, "train_log.csv")
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,7 @@ class ModelDir:
         preprocess: input preparation.
         metrics: contents of ``metrics.json`` (empty if absent).
         provenance: contents of ``provenance.json`` (empty if absent).
+        inference: contents of ``inference.json`` (empty if absent).
     """
 
     path: Path
@@ -89,6 +96,18 @@ class ModelDir:
     preprocess: Preprocess
     metrics: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    inference: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def confidence(self) -> float:
+        """The model's counting confidence: ``inference.json``'s, else :data:`DEFAULT_CONFIDENCE`."""
+        return float(self.inference.get("confidence", DEFAULT_CONFIDENCE))
+
+    @property
+    def max_det(self) -> int | None:
+        """The most detections per picture ``inference.json`` asks for (None: the backend's default)."""
+        value = self.inference.get("max_det")
+        return int(value) if value is not None else None
 
     def file(self, name: str) -> Path:
         """Path of a file in the directory.
@@ -139,7 +158,15 @@ def read_model_dir(path: str | Path) -> ModelDir:
         raise ModelLoadError(f"{root / PREPROCESS}: {error}", reason="invalid_preprocess") from error
     metrics = _read_json(root / METRICS) if (root / METRICS).is_file() else {}
     provenance = _read_json(root / PROVENANCE) if (root / PROVENANCE).is_file() else {}
-    return ModelDir(root, labels, preprocess, metrics, provenance)
+    inference = _read_json(root / INFERENCE) if (root / INFERENCE).is_file() else {}
+    confidence = inference.get("confidence", DEFAULT_CONFIDENCE) if isinstance(inference, dict) else None
+    max_det = inference.get("max_det", 1) if isinstance(inference, dict) else None
+    object_px = inference.get("object_px", 1) if isinstance(inference, dict) else None
+    if not (isinstance(confidence, int | float) and 0 <= confidence <= 1
+            and isinstance(max_det, int) and max_det >= 1 and isinstance(object_px, int | float) and object_px > 0):
+        raise ModelLoadError(f"{root / INFERENCE} must be an object with confidence in [0, 1], max_det >= 1 "
+                             "and object_px > 0", reason="invalid_inference")
+    return ModelDir(root, labels, preprocess, metrics, provenance, inference)
 
 
 def write_metadata(
@@ -149,8 +176,10 @@ def write_metadata(
     preprocess: Preprocess,
     metrics: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,
+    inference: dict[str, Any] | None = None,
 ) -> None:
-    """Write ``labels.json``, ``preprocess.json`` and, when given, ``metrics.json`` / ``provenance.json``."""
+    """Write ``labels.json``, ``preprocess.json`` and, when given, ``metrics.json`` / ``provenance.json``
+    / ``inference.json``."""
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
     (root / LABELS).write_text(json.dumps(labels, indent=2) + "\n", encoding="utf-8")
@@ -159,3 +188,5 @@ def write_metadata(
         (root / METRICS).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     if provenance is not None:
         (root / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
+    if inference is not None:
+        (root / INFERENCE).write_text(json.dumps(inference, indent=2) + "\n", encoding="utf-8")

@@ -1,7 +1,8 @@
 """``shelftally scan PATH...``: pictures in, counts, discrepancies and evidence images out, in-process.
 
 Also the ``shelftally evaluate`` group: ``evaluate grocery`` (the whole pipeline on Grocery Store
-photos) and ``evaluate classifier`` (a classifier model directory on labelled crops).
+photos), ``evaluate classifier`` (a classifier model directory on labelled crops) and ``evaluate
+detector`` (a detector model directory as a counter on labelled photos).
 
 Paths may be files (taken whatever their name: the format is found from the content), folders
 (every file with a picture suffix below them, in name order) and glob patterns (``shelf/**/*.jpg``,
@@ -21,6 +22,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from sqlalchemy.orm import Session, sessionmaker
@@ -261,7 +263,8 @@ def print_run(
 
 evaluate_app = typer.Typer(
     no_args_is_help=True,
-    help="Measure on labelled real photos: the whole pipeline (grocery) or a classifier alone (classifier).",
+    help="Measure on labelled real photos: the whole pipeline (grocery), a classifier (classifier) or a detector "
+    "(detector).",
 )
 
 
@@ -310,6 +313,62 @@ def evaluate_grocery_cmd(
     for code, count in list(report.background_counts.items())[:25]:
         table.add_row(code, str(count))
     console.print(table)
+
+
+@evaluate_app.command("detector")
+def evaluate_detector_cmd(
+    data: Annotated[Path, typer.Option("--data", help="Labelled photos: a YOLO data.yaml or a COCO JSON.",
+                                       exists=True, dir_okay=False)],
+    detector: Annotated[Path, typer.Option("--detector", help="Detector model directory (model.onnx or "
+                                                              "openvino/ is enough).", exists=True, file_okay=False)],
+    split: Annotated[str, typer.Option("--split", help="Split of a data.yaml (train, val, test).")] = "test",
+    confidence: Annotated[float | None, typer.Option(
+        "--confidence", min=0.0, max=1.0,
+        help="Counting threshold (default: the model's inference.json, else 0.25).")] = None,
+    backend: Annotated[str, typer.Option("--backend", help="onnx or openvino.")] = "onnx",
+    tiling: Annotated[str, typer.Option("--tiling", help="auto (large photos tiled, as a scan), always, never.")] = (
+        "auto"),
+    recommend: Annotated[bool, typer.Option(
+        "--recommend", help="Write the best-F1 confidence of this split into the model's inference.json "
+        "(use a validation split).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """A product detector as a counter on your labelled photos: P/R at IoU 0.5, mAP50, per-photo count error."""
+    if tiling not in ("auto", "always", "never"):
+        raise typer.BadParameter(f"expected auto, always or never, received {tiling!r}", param_hint="--tiling")
+    from detector.counting import evaluate_model_dir
+
+    try:
+        columns = (TextColumn("[bold]evaluate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn())
+        with Progress(*columns, console=err_console, disable=as_json) as bar:
+            task = bar.add_task("evaluate", total=None)
+            result = evaluate_model_dir(
+                detector, data, split=split, confidence=confidence, backend=backend, tiling=tiling,  # type: ignore[arg-type]
+                recommend_into=recommend, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    except ShelfTallyError as error:
+        print_error(error, as_json=as_json)
+        raise typer.Exit(1) from error
+    if as_json:
+        print_json(result)
+        return
+    count_text = "n/a (no photo has a true box)" if result["count_error"] is None else f"{result['count_error']:.3f}"
+    console.print(
+        f"{result['model']} on {escape(str(data))} (split {split}), {result['pictures']} photos, "
+        f"{result['true_boxes']} "
+        f"true boxes, confidence {result['confidence']:.3f}: precision {result['precision']:.3f}, recall "
+        f"{result['recall']:.3f} (IoU 0.5), mAP50 {result['mAP50']:.3f}; {result['detected_boxes']} boxes "
+        f"detected; count error {count_text}, counts within ±10 % {100 * result['count_within_10pct']:.0f} % of photos",
+        highlight=False, soft_wrap=True,
+    )
+    if result["empty_pictures"]:
+        console.print(f"{result['empty_pictures']} photos without products: {result['false_boxes_on_empty']} boxes "
+                      "on them", highlight=False)
+    if result["unreadable"]:
+        console.print(f"[yellow]{len(result['unreadable'])} photos could not be decoded (not scored)[/]: "
+                      + ", ".join(escape(p) for p in result["unreadable"][:5]))
+    console.print(f"best F1 {result['best_f1']:.3f} at confidence {result['best_f1_confidence']:.3f}"
+                  + (" (written to inference.json)" if recommend else ""), highlight=False)
 
 
 EVALUATE_FORMATS = ("grocery", "folder", "list")

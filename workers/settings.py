@@ -104,7 +104,11 @@ class ModelSettings(BaseModel):
     classifier_dir: Path | None = None
     backend: Literal["onnx", "openvino", "torch", "tensorrt"] = "onnx"
     threads: int | None = Field(None, ge=1, description="intra-op threads per model; None: the runtime's default")
-    detector_confidence: float = Field(0.25, ge=0, le=1, description="detector confidence threshold")
+    detector_confidence: float | None = Field(
+        None, ge=0, le=1,
+        description="detector confidence threshold; unset: the detector directory's recommended one "
+        "(inference.json, chosen on its validation split), else 0.25",
+    )
     detector_precision: Literal["fp32", "int8"] = Field(
         "fp32", description="int8: the detector's INT8 variant (openvino-int8/, `quantize`) within the accuracy margin"
     )

@@ -80,9 +80,9 @@ def load(
     backend: str = "onnx",
     device: str = "cpu",
     threads: int | None = None,
-    conf: float = 0.25,
+    conf: float | None = None,
     iou: float = 0.45,
-    max_det: int = DEFAULT_MAX_DET,
+    max_det: int | None = None,
     batch_size: int = 8,
     warmup: bool = True,
     openvino_precision: Literal["auto", "f32", "int8"] = "auto",
@@ -98,9 +98,11 @@ def load(
         threads: intra-op threads per process (None: the runtime's default). With several
             worker processes on one machine, pass ``cores // processes``
             (:func:`threads_per_process`).
-        conf: confidence threshold in [0, 1].
+        conf: confidence threshold in [0, 1]; None: the model directory's recommended one
+            (``inference.json``, :attr:`~detector.model_dir.ModelDir.confidence`), else 0.25.
         iou: NMS IoU threshold in [0, 1].
-        max_det: most detections per picture (``Detections.truncated`` tells when it bit).
+        max_det: most detections per picture (``Detections.truncated`` tells when it bit); None:
+            the model directory's (``inference.json``), else :data:`DEFAULT_MAX_DET`.
         batch_size: pictures per network call.
         warmup: run one batch at load.
         openvino_precision: ``"auto"`` (bf16 where the CPU has it), ``"f32"``, or ``"int8"``
@@ -122,7 +124,8 @@ def load(
     directory = model_dir if isinstance(model_dir, ModelDir) else read_model_dir(model_dir)
     cls = backend_class(backend)
     config = BackendConfig(
-        device=device, threads=threads, conf=conf, iou=iou, max_det=max_det, batch_size=batch_size,
+        device=device, threads=threads, conf=directory.confidence if conf is None else conf, iou=iou,
+        max_det=(directory.max_det or DEFAULT_MAX_DET) if max_det is None else max_det, batch_size=batch_size,
         warmup=warmup, openvino_precision=openvino_precision,
         int8_max_drop_points=int8_max_drop_points, engine=engine or EngineOptions(),
     )
