@@ -15,7 +15,19 @@ tile's boxes back to picture pixels and merges them:
    (intersection over the smaller area) are pieces of one object larger than the overlap and
    are replaced by their union, with the highest confidence;
 3. class-aware NMS over everything removes the duplicates of objects seen whole in two
-   overlapping tiles; then clipping to [0, W] x [0, H] and the ``max_det`` cap.
+   overlapping tiles; then clipping to [0, W] x [0, H];
+4. fragments go (:func:`suppress_fragments`): a box lying at least ``fragment_ios`` inside a box
+   of the same class with at least twice its area and at least half its confidence is a part
+   of that object (a logo, a label, the price tag on its shelf edge, the half of a carton a tile
+   saw) and is dropped; then the ``max_det`` cap.
+
+The tile size follows the objects' scale (:func:`detect`): the whole picture is detected first,
+letterboxed; when the median object there is already at least ``object_px`` network pixels
+wide (the size the model learnt objects at), that result stands; otherwise tiles are cut so
+that the median object becomes ``object_px`` wide in a tile, never smaller than the network
+input (native resolution) and no larger than the picture. A tile size fixed at the network
+input would cut 12 MP pictures of a few large products into parts that the model takes for
+products.
 
 Tiles are views into the picture (no copies) and each batch is letterboxed to the network's
 input size as uint8 before becoming float, so memory stays at one batch of inputs however big
@@ -35,11 +47,20 @@ from detector.backends.base import DetectorBackend
 from detector.postprocess import nms
 from detector.types import Detections
 
-__all__ = ["Tile", "detect", "detect_tiled", "tile_grid"]
+__all__ = ["Tile", "detect", "detect_tiled", "scale_tile_px", "suppress_fragments", "tile_grid"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_OVERLAP = 0.2
+#: A box this much inside a larger box of its class is a fragment of it (step 4).
+FRAGMENT_IOS = 0.8
+#: Median object width in network-input pixels the model is taken to have learnt, as a fraction
+#: of the input size, where ``inference.json`` has no ``object_px`` (the project's generated
+#: shelves put products at 1/12 to 1/4 of a 320 px input).
+DEFAULT_OBJECT_FRACTION = 1 / 8
+#: Fewest whole-picture detections whose median size is trusted as the picture's object scale
+#: (one or two boxes are as often a large false positive as a product).
+MIN_SCALE_BOXES = 3
 
 
 @dataclass(frozen=True)
@@ -164,6 +185,71 @@ def _merge_seams(
     return np.concatenate(out_xyxy), np.concatenate(out_conf), np.concatenate(out_cls)
 
 
+def suppress_fragments(
+    xyxy: npt.NDArray[np.float32],
+    confidence: npt.NDArray[np.float32],
+    class_id: npt.NDArray[np.int64],
+    *,
+    inside: float = FRAGMENT_IOS,
+    area_ratio: float = 2.0,
+    confidence_ratio: float = 0.5,
+) -> npt.NDArray[np.int64]:
+    """Indices of the boxes that are not fragments of a larger box (step 4 of the module docstring).
+
+    Args:
+        xyxy: (N, 4) float32 pixels.
+        confidence: (N,) float32.
+        class_id: (N,) int64.
+        inside: a box whose intersection with a larger box covers at least this fraction of its
+            own area lies inside it.
+        area_ratio: the larger box's area is at least this multiple of the fragment's.
+        confidence_ratio: the larger box's confidence is at least this fraction of the fragment's
+            (a faint large box does not swallow confident products).
+
+    Returns:
+        (K,) int64 indices into the inputs, in their order.
+    """
+    area = _area(xyxy)
+    keep = np.ones(len(xyxy), dtype=bool)
+    for i in np.argsort(area, kind="stable"):
+        larger = (class_id == class_id[i]) & (area >= area_ratio * area[i]) & (
+            confidence >= confidence_ratio * confidence[i])
+        larger[i] = False
+        if larger.any():
+            covered = _intersections(xyxy[i], xyxy[larger]) / max(float(area[i]), 1e-9)
+            if (covered >= inside).any():
+                keep[i] = False
+    return np.flatnonzero(keep).astype(np.int64)
+
+
+def scale_tile_px(
+    found: Detections, width: int, height: int, input_size: int, object_px: float,
+) -> int | None:
+    """The tile side that brings the median object of a whole-picture pass to ``object_px``.
+
+    Args:
+        found: detections of the whole picture, letterboxed to ``input_size``.
+        width, height: the picture's size, pixels.
+        input_size: the network's input side, pixels.
+        object_px: the median object width the model learnt, network-input pixels.
+
+    Returns:
+        None when the picture need not be tiled (fewer than :data:`MIN_SCALE_BOXES` detections:
+        nothing tells the scale, and the caller's default applies; or the median object is
+        already ``object_px`` wide in the whole-picture pass); else the tile side in picture
+        pixels, in ``[input_size, max(width, height)]``.
+    """
+    if len(found) < MIN_SCALE_BOXES:
+        return None
+    sides = np.sqrt(np.clip(_area(found.xyxy), 0.0, None))
+    median = float(np.median(sides))
+    shrink = input_size / max(width, height)
+    if median * shrink >= object_px:
+        return None
+    side = round(median * input_size / object_px)
+    return int(min(max(side, input_size), max(width, height)))
+
+
 def detect_tiled(
     backend: DetectorBackend,
     image: npt.NDArray[np.uint8],
@@ -172,6 +258,7 @@ def detect_tiled(
     tile_overlap: float = DEFAULT_OVERLAP,
     edge_margin_px: float | None = None,
     seam_ios: float = 0.6,
+    fragment_ios: float | None = FRAGMENT_IOS,
     max_det: int | None = None,
 ) -> Detections:
     """Detect objects tile by tile (always tiles; see :func:`detect` for the size test).
@@ -187,6 +274,7 @@ def detect_tiled(
             network-input pixels (``2 * tile_px / input_size``, at least 2).
         seam_ios: intersection-over-smaller-area above which a cut box is a piece of another
             box (steps 1 and 2 of the module docstring).
+        fragment_ios: see :func:`suppress_fragments` (step 4); None keeps fragments.
         max_det: most detections kept for the picture; default the backend's ``max_det`` times
             the number of tiles (each tile already keeps up to ``max_det``: a picture large
             enough to tile is one that holds more objects than one network input).
@@ -227,6 +315,8 @@ def detect_tiled(
     np.clip(xyxy[:, 0::2], 0.0, float(width), out=xyxy[:, 0::2])
     np.clip(xyxy[:, 1::2], 0.0, float(height), out=xyxy[:, 1::2])
     keep = nms(xyxy, confidence, class_id, backend.config.iou)
+    if fragment_ios is not None and keep.size:
+        keep = keep[suppress_fragments(xyxy[keep], confidence[keep], class_id[keep], inside=fragment_ios)]
     truncated = truncated or keep.size > limit
     keep = keep[:limit]
     return Detections(xyxy[keep], confidence[keep], class_id[keep], truncated)
@@ -240,18 +330,29 @@ def detect(
     tile_px: int | None = None,
     tile_overlap: float = DEFAULT_OVERLAP,
     max_det: int | None = None,
+    object_px: float | None = None,
 ) -> Detections:
-    """Detect objects in one picture, tiling it only when it is large.
+    """Detect objects in one picture, tiling it only when it is large and its objects small.
+
+    A picture whose longer side is at most ``tile_threshold_px`` is detected whole (one network
+    call). A larger one is detected whole first; the tile size then follows the median object
+    of that pass (:func:`scale_tile_px`): no tiling when the objects are already ``object_px``
+    wide in the network input, else tiles in which they would be. When the whole pass finds
+    fewer than :data:`MIN_SCALE_BOXES` (objects too small to see, or none), tiles of ``3 x``
+    the input size are used.
 
     Args:
         backend: a loaded detector backend.
         image: (H, W, 3) uint8 RGB, upright.
-        tile_threshold_px: pictures whose longer side exceeds this are tiled; default three
+        tile_threshold_px: pictures whose longer side exceeds this may be tiled; default three
             times the model's input size (beyond that, letterboxing shrinks objects more
             than 3x).
-        tile_px: tile side (default the model's input size); see :func:`detect_tiled`.
+        tile_px: a fixed tile side (skips the whole-picture pass); see :func:`detect_tiled`.
         tile_overlap: tile overlap fraction in [0, 1).
         max_det: most detections kept for a tiled picture (default the backend's per tile).
+        object_px: the median object width the model learnt, network-input pixels; default
+            the model directory's ``inference.json`` ``object_px``, else
+            :data:`DEFAULT_OBJECT_FRACTION` of the input size.
 
     Returns:
         Detections in picture pixels (see :func:`detect_tiled` and
@@ -265,7 +366,21 @@ def detect(
             f"image: expected one (H, W, 3) uint8 RGB array, received {type(image).__name__} "
             f"{getattr(image, 'shape', '')} {getattr(image, 'dtype', '')}".rstrip()
         )
-    threshold = tile_threshold_px if tile_threshold_px is not None else 3 * backend.preprocess.input_size
-    if max(image.shape[:2]) <= threshold:
+    input_size = backend.preprocess.input_size
+    threshold = tile_threshold_px if tile_threshold_px is not None else 3 * input_size
+    height, width = int(image.shape[0]), int(image.shape[1])
+    if max(height, width) <= threshold:
         return backend.predict([image])[0]
-    return detect_tiled(backend, image, tile_px=tile_px, tile_overlap=tile_overlap, max_det=max_det)
+    if tile_px is not None:
+        return detect_tiled(backend, image, tile_px=tile_px, tile_overlap=tile_overlap, max_det=max_det)
+    whole = backend.predict([image])[0]
+    if object_px is None:
+        model_dir = getattr(backend, "model_dir", None)
+        learnt = getattr(model_dir, "inference", {}).get("object_px") if model_dir is not None else None
+        object_px = float(learnt) if learnt else input_size * DEFAULT_OBJECT_FRACTION
+    side = scale_tile_px(whole, width, height, input_size, object_px)
+    if side is None and len(whole) >= MIN_SCALE_BOXES:
+        logger.debug("%sx%s picture: objects large enough at whole-picture scale, not tiled", width, height)
+        return whole
+    side = side or min(3 * input_size, max(width, height))
+    return detect_tiled(backend, image, tile_px=side, tile_overlap=tile_overlap, max_det=max_det)

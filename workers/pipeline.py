@@ -52,6 +52,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from classifier.recognize import Recognizer
 from detector.backends.base import DetectorBackend
+from detector.tiling import detect
 from detector.types import Detections
 from inventory import queries
 from inventory.db import run_in_transaction
@@ -335,7 +336,7 @@ def load_models(
     *,
     backend: str = "onnx",
     threads: int | None = None,
-    conf: float = 0.25,
+    conf: float | None = None,
     detector_precision: Literal["fp32", "int8"] = "fp32",
     classifier_precision: Literal["fp32", "int8"] = "fp32",
     int8_max_drop_points: float = 1.0,
@@ -350,7 +351,8 @@ def load_models(
         classifier_dir: classifier model directory.
         backend: runtime of both (``onnx``, ``openvino``, ``torch``, ``tensorrt``).
         threads: intra-op threads per model (None: the runtime's default).
-        conf: detector confidence threshold in [0, 1].
+        conf: detector confidence threshold in [0, 1]; None: the detector directory's
+            recommended one (``inference.json``), else 0.25.
         detector_precision, classifier_precision: ``"int8"`` runs that model's INT8 variant
             (OpenVINO only) when its recorded accuracy loss is within ``int8_max_drop_points``,
             else its FP32 one with a warning (:func:`shelftally.int8.choose_int8`); the
@@ -575,7 +577,8 @@ class ScanPipeline:
                                      reason="no_models")
         timings = dict(picture.timings_ms)
         step = time.perf_counter()
-        detections = _without_labels(self.detector.predict([decoded.pixels])[0], picture.label_boxes)
+        # Large pictures of small products are tiled at the products' scale (detector.tiling.detect).
+        detections = _without_labels(detect(self.detector, decoded.pixels), picture.label_boxes)
         timings["detect"] = _ms(step)
         step = time.perf_counter()
         crops, kept = crop_boxes(decoded.pixels, detections, min_box_px=self.config.min_box_px)

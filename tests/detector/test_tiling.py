@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from detector.backends import DetectorBackend, load
-from detector.tiling import Tile, _merge_seams, detect, detect_tiled, tile_grid
+from detector.tiling import Tile, _merge_seams, detect, detect_tiled, scale_tile_px, suppress_fragments, tile_grid
+from detector.types import Detections
 from tests.detector.conftest import TOY_COLOURS, toy_picture
 from tests.detector.test_backends import iou_matrix
 
@@ -193,3 +194,78 @@ def test_pieces_of_different_classes_are_not_joined() -> None:
     kept, _, cls = _merge_seams(xyxy, np.array([0.7, 0.8], np.float32), np.array([0, 1]), np.array([0, 1]),
                                 np.array([True, True]), 0.6)
     assert len(kept) == 2 and sorted(cls.tolist()) == [0, 1]
+
+
+def test_a_fragment_inside_a_larger_confident_box_goes() -> None:
+    xyxy = np.array([[0, 0, 100, 200], [10, 10, 40, 40], [200, 0, 300, 200], [210, 10, 240, 40],
+                     [400, 0, 500, 100], [450, 0, 550, 100]], np.float32)
+    confidence = np.array([0.8, 0.9, 0.2, 0.9, 0.7, 0.7], np.float32)
+    keep = suppress_fragments(xyxy, confidence, np.zeros(6, np.int64))
+    # The logo inside the product goes; the confident box inside a faint one stays; neighbours
+    # overlapping by half are two products.
+    assert keep.tolist() == [0, 2, 3, 4, 5]
+    other_class = suppress_fragments(xyxy[:2], confidence[:2], np.array([0, 1]))
+    assert other_class.tolist() == [0, 1]
+
+
+def test_the_tile_side_follows_the_median_object() -> None:
+    def found(side: float, n: int = 3) -> Detections:
+        xyxy = np.array([[i * 2 * side, 0, i * 2 * side + side, side] for i in range(n)], np.float32)
+        return Detections(xyxy, np.full(n, 0.9, np.float32), np.zeros(n, np.int64))
+
+    empty = Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+    assert scale_tile_px(empty, 4000, 3000, 320, 40) is None
+    assert scale_tile_px(found(200, n=2), 4000, 3000, 320, 40) is None  # two boxes do not tell a scale
+    # 4000 px letterboxed to 320 is 1/12.5: a 800 px product is 64 network pixels, large enough.
+    assert scale_tile_px(found(800), 4000, 3000, 320, 40) is None
+    # 200 px products are 16 network pixels whole; tiles of 200 * 320 / 40 = 1600 px make them 40.
+    assert scale_tile_px(found(200), 4000, 3000, 320, 40) == 1600
+    # Never below the network input (native resolution) nor above the picture.
+    assert scale_tile_px(found(10), 4000, 3000, 320, 40) == 320
+
+
+def _large_objects_picture(side: int = 1536) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(11)
+    small = cv2.GaussianBlur(rng.integers(90, 170, (side // 12, side // 12, 3), dtype=np.uint8), (5, 5), 0)
+    image = cv2.resize(small, (side, side), interpolation=cv2.INTER_NEAREST)
+    boxes = np.array([(0, 100, 150, 460, 520), (1, 800, 120, 1200, 470), (0, 200, 900, 560, 1300),
+                      (1, 900, 950, 1330, 1350)], np.float32)
+    for cls, x1, y1, x2, y2 in boxes.astype(int):
+        cv2.rectangle(image, (x1, y1), (x2 - 1, y2 - 1), TOY_COLOURS[cls], -1)
+    return image, boxes
+
+
+def test_tiles_do_not_multiply_large_objects(backend: DetectorBackend) -> None:
+    # 1536 px is over the tiling threshold (3 x 128); its 360-430 px objects are 30-36 network
+    # pixels when the picture is letterboxed whole, above the default object_px (16), so the
+    # whole-picture pass stands; tiles at native resolution (128 px) would cut each in ~12.
+    image, truth = _large_objects_picture()
+    found = detect(backend, image)
+    iou = iou_matrix(found.xyxy, truth[:, 1:])
+    assert len(found) == len(truth), f"{len(found)} boxes for {len(truth)} objects"
+    assert (iou >= 0.5).sum(axis=0).tolist() == [1, 1, 1, 1]
+    # The fixed native-resolution tiling that this replaces, with fragment suppression, still
+    # never returns more boxes than objects plus the pieces it could not join.
+    tiled = detect_tiled(backend, image, tile_px=128)
+    assert len(tiled) >= len(found)
+
+
+def test_small_objects_in_a_large_picture_are_tiled_from_their_scale(backend: DetectorBackend) -> None:
+    # 2048 px picture with 100-150 px rectangles: 6-9 network pixels whole, too small to see;
+    # the fallback tiles (3 x 128 = 384 px) bring them to 33-50.
+    rng = np.random.default_rng(13)
+    small = cv2.GaussianBlur(rng.integers(90, 170, (2048 // 3, 2048 // 3, 3), dtype=np.uint8), (5, 5), 0)
+    image = cv2.resize(small, (2048, 2048), interpolation=cv2.INTER_NEAREST)
+    boxes = []
+    for gy in range(100, 1900, 450):
+        for gx in range(100, 1900, 450):
+            w, h = (int(v) for v in rng.integers(100, 150, 2))
+            cls = int(rng.integers(0, 2))
+            boxes.append((cls, gx, gy, gx + w, gy + h))
+            cv2.rectangle(image, (gx, gy), (gx + w - 1, gy + h - 1), TOY_COLOURS[cls], -1)
+    truth = np.array(boxes, np.float32)
+    found = detect(backend, image)
+    iou = iou_matrix(found.xyxy, truth[:, 1:])
+    matches = (iou >= 0.5).sum(axis=0)
+    assert matches.max() == 1, f"objects matched {matches.tolist()} times"
+    assert np.mean(matches == 1) >= 0.9 and len(found) <= len(truth) + 1
