@@ -604,6 +604,10 @@ def demo_cmd(
             "auto: a linear probe on ImageNet EfficientNet-Lite0 when the pretrained extra is installed, else "
             "mobilenet_v3_small from random weights; or a backbone name (NAME.TAG: pretrained, probed)."),
     )] = "auto",
+    detector: Annotated[str, typer.Option(
+        "--detector", help="shipped: the committed models/product-agnostic; train: a YOLOv8n trained on the demo's "
+        "own shelves (a few minutes more)."),
+    ] = "shipped",
 ) -> None:
     """Count a small demo warehouse from shelf photos: train the demo models, scan, report.
 
@@ -621,5 +625,8 @@ def demo_cmd(
         else:
             from workers.demo_vision import DemoSize, run_vision_demo
 
+            if detector not in ("shipped", "train"):
+                raise typer.BadParameter(f"expected shipped or train, received {detector!r}", param_hint="--detector")
             run_vision_demo(workdir, console=console, settings=settings,
-                            size=DemoSize(classifier_backbone=classifier_backbone))
+                            size=DemoSize(classifier_backbone=classifier_backbone,
+                                          detector="shipped" if detector == "shipped" else "train"))

@@ -6,7 +6,9 @@ Nothing outside the repository is used and nothing is downloaded:
    (:func:`detector.synth.drawn_packshots`).
 2. **Training pictures.** Synthetic shelves pasted from those packshots
    (:func:`detector.synth.write_synthetic_datasets`, cut-paste synthesis), with exact boxes.
-3. **Demo models.** A YOLOv8n product detector (class-agnostic) trained on them, and a SKU
+3. **Demo models.** The shipped product-agnostic detector (``models/product-agnostic``, trained on
+   real labelled photos and generated shelves; ``DemoSize.detector="train"`` trains a YOLOv8n on
+   the demo's own shelves instead, as the demo did before it shipped), and a SKU
    classifier trained on the product crops cut from them: a linear probe on ImageNet
    EfficientNet-Lite0 features (:data:`PRETRAINED_BACKBONE`) when the ``pretrained`` extra is
    installed, otherwise ``mobilenet_v3_small`` from random weights; both written as model
@@ -48,6 +50,7 @@ from sqlalchemy.orm import Session
 
 import migrations
 from classifier.pretrained import available as pretrained_available
+from detector.model_dir import read_model_dir as read_detector_dir
 from detector.synth import (
     Packshot,
     SceneConfig,
@@ -98,6 +101,8 @@ SHELVES: list[tuple[str, list[int]]] = [
 PRETRAINED_BACKBONE = "efficientnet_lite0.imagenet"
 #: The demo classifier's backbone without the ``pretrained`` extra, trained from random weights.
 SCRATCH_BACKBONE = "mobilenet_v3_small"
+#: The product detector committed to the repository (README, "Starter models").
+SHIPPED_DETECTOR = Path(__file__).resolve().parents[1] / "models" / "product-agnostic"
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,9 @@ class DemoSize:
         classifier_backbone: ``"auto"``: a linear probe on :data:`PRETRAINED_BACKBONE` when its
             weights are installed (extra ``pretrained``), else :data:`SCRATCH_BACKBONE` fine-tuned
             from random weights; or a backbone name (with a ``.tag``: pretrained, probed).
+        detector: ``"shipped"``: :data:`SHIPPED_DETECTOR` (when the checkout has its
+            ``model.onnx``, else the demo trains one, and says so); ``"train"``: a YOLOv8n trained
+            on the demo's shelves (``detector_epochs`` at ``detector_imgsz``).
     """
 
     training_pictures: int = 160
@@ -126,6 +134,13 @@ class DemoSize:
     classifier_epochs: int = 8
     classifier_input: int = 64
     classifier_backbone: str = "auto"
+    detector: Literal["shipped", "train"] = "shipped"
+
+    def detector_dir(self) -> Path | None:
+        """The shipped detector when ``detector`` is ``"shipped"`` and it is in this checkout, else None (train)."""
+        if self.detector == "shipped" and (SHIPPED_DETECTOR / "model.onnx").is_file():
+            return SHIPPED_DETECTOR
+        return None
 
     def classifier_recipe(self) -> tuple[str, Literal["probe", "full"]]:
         """The classifier's backbone and adaptation mode, ``"auto"`` resolved on this installation."""
@@ -137,8 +152,9 @@ class DemoSize:
     def key(self) -> str:
         """Short hash of the recipe: models in the work folder are reused only for the same one
         (installing the ``pretrained`` extra changes it)."""
+        shipped = self.detector_dir()
         text = json.dumps({**asdict(self), "classifier_recipe": self.classifier_recipe(), "skus": DEMO_SKUS,
-                           "version": 1}, sort_keys=True)
+                           "detector_dir": str(shipped) if shipped else None, "version": 1}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -247,13 +263,17 @@ def train_demo_models(
         ModelLoadError, MissingDependencyError: the classifier backbone is unknown or not installed
             (:func:`classifier.backbones.require_backbone`); the previous models stay.
     """
-    detector_dir, classifier_dir = folder / "detector", folder / "classifier"
+    shipped = size.detector_dir()
+    detector_dir, classifier_dir = shipped or folder / "detector", folder / "classifier"
     stamp = folder / "recipe.txt"
     key = size.key()
     if stamp.is_file() and stamp.read_text().strip() == key and (detector_dir / "model.onnx").is_file() \
             and (classifier_dir / "model.onnx").is_file():
-        say(f"reusing the demo models in {folder} (same recipe {key})")
+        say(f"reusing the demo models in {folder} (same recipe {key})"
+            + (f"; the shipped detector {shipped}" if shipped else ""))
         return detector_dir, classifier_dir
+    if size.detector == "shipped" and shipped is None:
+        say(f"the shipped detector is not in this checkout ({SHIPPED_DETECTOR}): training the demo's own")
     from classifier.backbones import require_backbone
     from detector.train import train_detector
 
@@ -273,13 +293,16 @@ def train_demo_models(
     say(f"trained the SKU classifier ({backbone}, {mode}; {len(train_set.items)} crops, {epochs} epochs; "
         f"val top-1 {100 * top1:.1f} %) in {time.perf_counter() - started:.0f} s")
 
-    started = time.perf_counter()
-    train_detector(
-        synthetic.agnostic_yaml, model="yolov8n.yaml", imgsz=size.detector_imgsz, epochs=size.detector_epochs,
-        batch=size.detector_batch, out_dir=detector_dir, seed=0, work_dir=work / "detector",
-    )
-    say(f"trained the product detector ({size.detector_epochs} epochs at {size.detector_imgsz} px) "
-        f"in {time.perf_counter() - started:.0f} s")
+    if shipped is None:
+        started = time.perf_counter()
+        train_detector(
+            synthetic.agnostic_yaml, model="yolov8n.yaml", imgsz=size.detector_imgsz, epochs=size.detector_epochs,
+            batch=size.detector_batch, out_dir=detector_dir, seed=0, work_dir=work / "detector",
+        )
+        say(f"trained the product detector ({size.detector_epochs} epochs at {size.detector_imgsz} px) "
+            f"in {time.perf_counter() - started:.0f} s")
+    else:
+        say(f"product detector: the shipped {shipped} ({read_detector_dir(shipped).version})")
     shutil.rmtree(work)
     stamp.write_text(key + "\n")
     return detector_dir, classifier_dir

@@ -48,7 +48,8 @@ def test_demo_builds_warehouse_and_reports(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_vision_demo_scans_its_photos_and_reuses_its_models(tmp_path: Path) -> None:
-    """The photo demo on a tiny training budget: the flow, not the accuracy (the README reports that)."""
+    """The photo demo on a tiny training budget (the shipped detector, a tiny classifier): the flow, not
+    the accuracy (the README reports that)."""
     size = DemoSize(training_pictures=12, detector_epochs=1, detector_imgsz=160, classifier_epochs=1,
                     classifier_input=32)
     out = io.StringIO()
@@ -63,7 +64,9 @@ def test_vision_demo_scans_its_photos_and_reuses_its_models(tmp_path: Path) -> N
         assert session.scalar(sa.select(sa.func.count()).select_from(Scan)) == 6
     engine.dispose()
     text = out.getvalue()
-    assert "trained the product detector" in text and "Open discrepancies" in text and "demo finished" in text
+    shipped = size.detector_dir()
+    assert ("product detector: the shipped" if shipped else "trained the product detector") in text
+    assert "Open discrepancies" in text and "demo finished" in text
     again = io.StringIO()
     run_vision_demo(workdir, console=Console(file=again, width=200), settings=Settings(), size=size)
     assert "reusing the demo models" in again.getvalue()
@@ -90,3 +93,14 @@ def test_a_wrong_demo_backbone_keeps_the_models_already_there(tmp_path: Path) ->
             train_demo_models(folder, DemoSize(classifier_backbone=name), demo_packshots(), print)
         assert caught.value.reason == reason
         assert kept.read_bytes() == b"trained before"
+
+
+def test_the_demo_uses_the_shipped_detector_unless_told_to_train(tmp_path: Path) -> None:
+    from workers.cli import app
+
+    shipped = demo_vision.SHIPPED_DETECTOR
+    assert DemoSize().detector_dir() == (shipped if (shipped / "model.onnx").is_file() else None)
+    assert DemoSize(detector="train").detector_dir() is None
+    assert DemoSize(detector="train").key() != DemoSize().key() or DemoSize().detector_dir() is None
+    done = CliRunner().invoke(app, ["demo", "--detector", "mine", "--workdir", str(tmp_path / "d")])
+    assert done.exit_code == 2 and "shipped or train" in done.output
