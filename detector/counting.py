@@ -6,11 +6,12 @@ OpenVINO: a shipped model directory need not hold ``model.pt``) over a labelled 
 the same :func:`detector.tiling.detect` path as a scan (large photos are tiled), and reports:
 
 - precision and recall at IoU 0.5 at the counting confidence: detections are matched to true
-  boxes greedily in decreasing confidence, each to the unmatched true box it overlaps most
-  (IoU >= 0.5), as the COCO and PASCAL VOC evaluations match (Everingham et al., "The PASCAL
-  Visual Object Classes Challenge", IJCV 2010, section 4.1);
-- mAP50: the area under the precision-recall curve of all detections down to confidence 0.001
-  (ultralytics' ``ap_per_class``, COCO's 101-point interpolation);
+  boxes greedily in decreasing confidence, each to the still unmatched true box it overlaps most
+  (IoU >= 0.5), as the COCO evaluation matches (Lin et al., "Microsoft COCO", ECCV 2014;
+  ``pycocotools`` ``COCOeval.evaluateImg``);
+- mAP50: the area under the precision-recall curve of all detections down to confidence 0.001,
+  COCO's 101-point interpolation (precision made monotone, sampled at recall 0, 0.01, ..., 1),
+  computed here in NumPy so that an ONNX-only installation can run it;
 - the per-photo count error ``mean(|detected - true| / true)`` over photos with at least one true
   box, and the share of photos whose count is within ±10 % of the truth (a photo with no true
   box is within only when nothing is detected on it);
@@ -20,7 +21,11 @@ the same :func:`detector.tiling.detect` path as a scan (large photos are tiled),
 Scoring is class-agnostic (every box is "a product"): the detector is product-agnostic and the
 labelled sets name products differently. Greedy matching in confidence order is a prefix
 property: the matches of the detections above any threshold are the first steps of the matching
-of all of them, so one pass at confidence 0.001 gives the figures at every threshold.
+of all of them, so one pass at confidence 0.001 gives the figures at every threshold. Photos large
+enough to be tiled are the exception: the tile size and the fragment suppression depend on the
+threshold, so they are detected at the counting confidence, as a scan detects them, and their
+curve starts there (``tiled_pictures`` says how many; their mAP50 share is a lower bound).
+"Detected at threshold t" means confidence ``> t``, as the backends keep scores ``> conf``.
 
 Labelled photos come as a YOLO ``data.yaml`` (prepared as for training, Roboflow quirks
 included) or a COCO detection JSON (``images``, ``annotations`` with ``bbox`` ``[x, y, w, h]`` in
@@ -30,6 +35,7 @@ pixels; ``file_name`` relative to the JSON's folder; ``iscrowd`` boxes are ignor
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -138,6 +144,7 @@ class PictureCount:
         truncated: the backend's ``max_det`` cut the detections.
         object_px: the median true box side (square root of its area) in network-input pixels
             with the whole photo letterboxed; None without true boxes.
+        tiled: the photo was large enough to tile and was detected at the counting confidence.
     """
 
     picture: str
@@ -146,10 +153,11 @@ class PictureCount:
     hit: npt.NDArray[np.bool_]
     truncated: bool = False
     object_px: float | None = None
+    tiled: bool = False
 
     def detected(self, threshold: float) -> int:
-        """Detections with confidence >= ``threshold``."""
-        return int(np.count_nonzero(self.confidence >= threshold))
+        """Detections with confidence ``> threshold`` (the backends' rule)."""
+        return int(np.count_nonzero(self.confidence > threshold))
 
 
 @dataclass(frozen=True)
@@ -168,6 +176,7 @@ class CountReport:
     empty_pictures: int
     false_boxes_on_empty: int
     truncated_pictures: int
+    tiled_pictures: int
     best_f1_confidence: float
     best_f1: float
     unreadable: tuple[str, ...] = ()
@@ -192,19 +201,33 @@ def _best_f1(pictures: list[PictureCount]) -> tuple[float, float]:
     last = np.r_[sorted_conf[1:] != sorted_conf[:-1], True]
     f1 = np.where(last, f1, -1.0)
     best = int(np.argmax(f1))
-    return float(sorted_conf[best]), float(f1[best])
+    return _threshold_under(float(sorted_conf[best])), float(f1[best])
+
+
+def _threshold_under(score: float) -> float:
+    """A 4-decimal threshold that keeps a detection of ``score`` under the ``> threshold`` rule."""
+    threshold = math.floor(score * 1e4) / 1e4
+    if threshold >= score:
+        threshold -= 1e-4
+    return round(max(threshold, 0.0), 4)
 
 
 def _ap50(pictures: list[PictureCount]) -> float:
-    from ultralytics.utils.metrics import ap_per_class
-
+    """COCO 101-point interpolated average precision of all detections (see the module docstring)."""
     true = sum(p.true for p in pictures)
     confidence = np.concatenate([p.confidence for p in pictures]) if pictures else np.zeros(0, np.float32)
     if true == 0 or not len(confidence):
         return 0.0
-    hit = np.concatenate([p.hit for p in pictures])[:, None]
-    ap = ap_per_class(hit, confidence, np.zeros(len(confidence)), np.zeros(true))[5]
-    return float(ap[:, 0].mean()) if len(ap) else 0.0
+    hit = np.concatenate([p.hit for p in pictures])
+    order = np.argsort(-confidence, kind="stable")
+    tp = np.cumsum(hit[order])
+    recall = tp / true
+    precision = tp / np.arange(1, len(order) + 1)
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]  # best precision at this recall or beyond
+    samples = np.linspace(0.0, 1.0, 101)
+    index = np.searchsorted(recall, samples, side="left")
+    sampled = np.where(index < len(envelope), envelope[np.minimum(index, len(envelope) - 1)], 0.0)
+    return float(sampled.mean())
 
 
 def summarize(pictures: list[PictureCount], confidence: float, unreadable: tuple[str, ...] = ()) -> CountReport:
@@ -221,7 +244,7 @@ def summarize(pictures: list[PictureCount], confidence: float, unreadable: tuple
     """
     true = sum(p.true for p in pictures)
     detected = sum(p.detected(confidence) for p in pictures)
-    tp = sum(int(np.count_nonzero(p.hit[p.confidence >= confidence])) for p in pictures)
+    tp = sum(int(np.count_nonzero(p.hit[p.confidence > confidence])) for p in pictures)
     errors = [e for p in pictures if (e := count_error(p.detected(confidence), p.true)) is not None]
     empty = [p for p in pictures if p.true == 0]
     best_conf, best_f1 = _best_f1(pictures)
@@ -233,7 +256,7 @@ def summarize(pictures: list[PictureCount], confidence: float, unreadable: tuple
         count_within_10pct=round(sum(_within(p.detected(confidence), p.true) for p in pictures) / len(pictures), 4)
         if pictures else 0.0,
         empty_pictures=len(empty), false_boxes_on_empty=sum(p.detected(confidence) for p in empty),
-        truncated_pictures=sum(p.truncated for p in pictures),
+        truncated_pictures=sum(p.truncated for p in pictures), tiled_pictures=sum(p.tiled for p in pictures),
         best_f1_confidence=round(best_conf, 4), best_f1=round(best_f1, 4), unreadable=unreadable,
     )
 
@@ -269,7 +292,7 @@ def _coco_pictures(path: Path) -> list[tuple[Path, npt.NDArray[np.float32]]]:
             x, y, w, h = (float(v) for v in ann["bbox"])
             if w > 0 and h > 0:
                 boxes.setdefault(int(ann["image_id"]), []).append([x, y, x + w, y + h])
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise DatasetError(f"{path} is not a COCO detection JSON: {error}", reason="invalid_coco") from error
     unknown = sorted(set(boxes) - set(images))
     if unknown:
@@ -325,6 +348,7 @@ def evaluate_counts(
     split: str = "test",
     confidence: float,
     tiling: Tiling = "auto",
+    counting_backend: DetectorBackend | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[CountReport, list[PictureCount]]:
     """Score a detector backend as a counter on a labelled set (see the module docstring).
@@ -336,6 +360,8 @@ def evaluate_counts(
         split: the YOLO split.
         confidence: the counting threshold.
         tiling: ``"auto"`` (large photos tiled, as a scan does), ``"always"`` or ``"never"``.
+        counting_backend: the same model loaded at ``confidence``; photos that are tiled are
+            detected with it (see the module docstring). None: ``backend`` for everything.
         progress: called with ``(done, total)`` after each photo.
 
     Returns:
@@ -357,24 +383,37 @@ def evaluate_counts(
                 unreadable.append(str(picture))  # reported, never scored as a photo with no boxes
                 continue
             truth = truth_of(image.shape[1], image.shape[0])
+            large = max(image.shape[:2]) > 3 * backend.preprocess.input_size  # detect()'s default threshold
+            tiled = tiling == "always" or (tiling == "auto" and large)
+            at_threshold = counting_backend if counting_backend is not None and tiled else backend
             if tiling == "always":
-                found = detect_tiled(backend, image)
+                found = detect_tiled(at_threshold, image)
             elif tiling == "never":
                 found = backend.predict([image])[0]
             else:
-                found = detect(backend, image)
+                found = detect(at_threshold, image)
             order = np.argsort(-found.confidence, kind="stable")
             conf = found.confidence[order].astype(np.float32)
             sides = np.sqrt(np.clip((truth[:, 2] - truth[:, 0]) * (truth[:, 3] - truth[:, 1]), 0, None))
             scale = backend.preprocess.input_size / max(image.shape[:2])
             scored.append(PictureCount(str(picture), len(truth), conf, match_greedy(found.xyxy[order], conf, truth),
-                                       found.truncated, float(np.median(sides)) * scale if len(truth) else None))
+                                       found.truncated, float(np.median(sides)) * scale if len(truth) else None,
+                                       tiled and at_threshold is not backend))
             if progress is not None:
                 progress(index + 1, len(pictures))
     if not scored:
         raise DatasetError(f"{data}: none of the {len(unreadable)} pictures could be decoded",
                            reason="image_unreadable")
     return summarize(scored, confidence, tuple(unreadable)), scored
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    from detector.errors import ModelLoadError
+
+    try:
+        path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    except OSError as error:
+        raise ModelLoadError(f"cannot write {path}: {error}", reason="model_dir_not_writable") from error
 
 
 def evaluate_model_dir(
@@ -387,6 +426,7 @@ def evaluate_model_dir(
     threads: int | None = None,
     tiling: Tiling = "auto",
     recommend_into: bool = False,
+    record_as: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """``shelftally evaluate detector``: a model directory's exported model scored as a counter.
@@ -401,6 +441,8 @@ def evaluate_model_dir(
         tiling: see :func:`evaluate_counts`.
         recommend_into: also write :func:`recommend`'s settings to the directory's
             ``inference.json`` (do it on a validation split, never on the test split you report).
+        record_as: also store the result in the directory's ``metrics.json`` under
+            ``counting[record_as]``.
         progress: called with ``(done, total)`` after each photo.
 
     Returns:
@@ -408,22 +450,28 @@ def evaluate_model_dir(
         ``"backend"``, ``"tiling"``, and ``"recommended"`` when ``recommend_into``.
 
     Raises:
-        ModelLoadError, MissingDependencyError, ConfigurationError: from loading the backend.
+        ModelLoadError, MissingDependencyError, ConfigurationError: from loading the backend;
+            ``model_dir_not_writable`` when ``recommend_into`` or ``record_as`` cannot write.
         DatasetError: see :func:`evaluate_counts`.
     """
     from detector.backends import load
-    from detector.model_dir import INFERENCE, read_model_dir
+    from detector.model_dir import INFERENCE, METRICS, read_model_dir
 
     directory = read_model_dir(model_dir)
     threshold = directory.confidence if confidence is None else confidence
     loaded = load(directory, backend=backend, threads=threads, conf=CURVE_CONFIDENCE,
                   max_det=max(directory.max_det or 300, 300))
+    counting = load(directory, backend=backend, threads=threads, conf=threshold, warmup=False)
     report, pictures = evaluate_counts(loaded, data, split=split, confidence=threshold, tiling=tiling,
-                                       progress=progress)
+                                       counting_backend=counting, progress=progress)
     result: dict[str, Any] = {"model": loaded.version, "data": str(data), "split": split, "backend": backend,
                               "tiling": tiling, **report.to_dict()}
     if recommend_into:
         settings = recommend(pictures) | {"data": str(data), "split": split}
-        (directory.path / INFERENCE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+        _write_json(directory.path / INFERENCE, settings)
         result["recommended"] = settings
+    if record_as is not None:
+        metrics = dict(directory.metrics)
+        metrics.setdefault("counting", {})[record_as] = {k: v for k, v in result.items() if k != "unreadable"}
+        _write_json(directory.path / METRICS, metrics)
     return result

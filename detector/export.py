@@ -255,7 +255,11 @@ def store_weights_fp16(path: str | Path, *, min_elements: int = 64) -> dict[str,
         nodes = list(graph.node)
         del graph.node[:]
         graph.node.extend(casts + nodes)
-        onnx.checker.check_model(model)
+        try:
+            onnx.checker.check_model(model)
+        except onnx.checker.ValidationError as error:
+            raise ModelLoadError(f"{target}: the float16 graph does not validate: {error}",
+                                 reason="export_failed") from error
         with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".onnx", delete=False) as handle:
             temporary = Path(handle.name)
         onnx.save(model, str(temporary))

@@ -40,12 +40,14 @@ _SPLITS = tuple(SPLIT_ALIASES)
 
 @dataclass(frozen=True)
 class MergeSource:
-    """One dataset to merge: its ``data.yaml`` and the splits taken from it."""
+    """One dataset to merge: its ``data.yaml`` and the splits taken from it (None: every split it has)."""
 
     data_yaml: Path
-    splits: tuple[str, ...] = _SPLITS
+    splits: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.splits is None:
+            return
         unknown = [s for s in self.splits if s not in _SPLITS]
         if unknown or not self.splits:
             raise DatasetError(f"{self.data_yaml}: splits must be among {', '.join(_SPLITS)}, got "
@@ -123,52 +125,69 @@ def merge_datasets(sources: Sequence[MergeSource], out_dir: str | Path) -> Merge
     if not sources:
         raise DatasetError("give at least one dataset to merge", reason="no_sources")
     out = Path(out_dir).resolve()
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out} exists and is not a folder", reason="out_dir_not_empty")
     if out.exists() and any(out.iterdir()) and not (out / MERGE_FILE).is_file():
         raise DatasetError(f"{out} is not empty and not a merged dataset; choose another folder",
                            reason="out_dir_not_empty")
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Built beside out_dir (same file system: hard links hold), moved into place only when complete.
+    building = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir()
     report = MergeReport(data_yaml=str(out / "data.yaml"), images=dict.fromkeys(_SPLITS, 0),
                          boxes=dict.fromkeys(_SPLITS, 0))
-    with tempfile.TemporaryDirectory(prefix="shelftally-merge-") as work:
-        for index, source in enumerate(sources):
-            prepared = prepare_dataset(source.data_yaml, Path(work) / f"{index:02d}")
-            folder = _folder_name(index, Path(source.data_yaml))
-            entry: dict[str, Any] = {"data_yaml": str(source.data_yaml), "folder": folder, "splits": {}}
-            for split in source.splits:
-                if split not in prepared.splits:
-                    raise DatasetError(f"{source.data_yaml} has no {split!r} split", reason="missing_split")
-                root = Path(prepared.data_yaml).parent
-                images, boxes = 0, 0
-                for image in sorted((root / "images" / split).rglob("*")):
-                    if not image.is_file():
-                        continue
-                    rel = image.relative_to(root / "images" / split)
-                    target = out / "images" / split / folder / rel
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    _link(image.resolve(), target)
-                    label = (root / "labels" / split / rel).with_suffix(".txt")
-                    rows = _agnostic_rows(label.read_text(encoding="utf-8")) if label.is_file() else ""
-                    label_target = (out / "labels" / split / folder / rel).with_suffix(".txt")
-                    label_target.parent.mkdir(parents=True, exist_ok=True)
-                    label_target.write_text(rows, encoding="utf-8")
-                    images += 1
-                    boxes += rows.count("\n")
-                entry["splits"][split] = {"images": images, "boxes": boxes}
-                report.images[split] += images
-                report.boxes[split] += boxes
-            report.sources.append(entry)
+    try:
+        with tempfile.TemporaryDirectory(prefix=".shelftally-merge-", dir=out.parent) as work:
+            for index, source in enumerate(sources):
+                report.sources.append(_merge_one(index, source, Path(work), building, report))
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
     for split in ("train", "val"):
         if report.images[split] == 0:
+            shutil.rmtree(building, ignore_errors=True)
             raise DatasetError(f"the merged {split} split is empty: give a source with {split} pictures",
                                reason="split_empty")
     data: dict[str, Any] = {"path": str(out)}
     data.update({split: f"images/{split}" for split in _SPLITS if report.images[split]})
     data.update(nc=1, names=["product"])
-    (out / "data.yaml").write_text("# merged by detector.merge (every box is class 0, product)\n"
-                                   + yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    (building / "data.yaml").write_text("# merged by detector.merge (every box is class 0, product)\n"
+                                        + yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     report.images = {k: v for k, v in report.images.items() if v}
     report.boxes = {k: v for k, v in report.boxes.items() if k in report.images}
-    report.dataset_hash = dataset_hash(out)
-    (out / MERGE_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    report.dataset_hash = dataset_hash(building)
+    (building / MERGE_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    shutil.rmtree(out, ignore_errors=True)
+    building.rename(out)
     return report
+
+
+def _merge_one(index: int, source: MergeSource, work: Path, out: Path, report: MergeReport) -> dict[str, Any]:
+    """Prepare one source under ``work`` and add its splits to ``out`` (counts into ``report``)."""
+    prepared = prepare_dataset(source.data_yaml, work / f"{index:02d}")
+    folder = _folder_name(index, Path(source.data_yaml))
+    entry: dict[str, Any] = {"data_yaml": str(source.data_yaml), "folder": folder, "splits": {}}
+    root = Path(prepared.data_yaml).parent
+    for split in source.splits or tuple(s for s in _SPLITS if s in prepared.splits):
+        if split not in prepared.splits:
+            raise DatasetError(f"{source.data_yaml} has no {split!r} split", reason="missing_split")
+        images, boxes = 0, 0
+        for image in sorted((root / "images" / split).rglob("*")):
+            if not image.is_file():
+                continue
+            rel = image.relative_to(root / "images" / split)
+            target = out / "images" / split / folder / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _link(image.resolve(), target)
+            label = (root / "labels" / split / rel).with_suffix(".txt")
+            rows = _agnostic_rows(label.read_text(encoding="utf-8")) if label.is_file() else ""
+            label_target = (out / "labels" / split / folder / rel).with_suffix(".txt")
+            label_target.parent.mkdir(parents=True, exist_ok=True)
+            label_target.write_text(rows, encoding="utf-8")
+            images += 1
+            boxes += rows.count("\n")
+        entry["splits"][split] = {"images": images, "boxes": boxes}
+        report.images[split] += images
+        report.boxes[split] += boxes
+    return entry

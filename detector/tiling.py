@@ -338,8 +338,9 @@ def detect(
     call). A larger one is detected whole first; the tile size then follows the median object
     of that pass (:func:`scale_tile_px`): no tiling when the objects are already ``object_px``
     wide in the network input, else tiles in which they would be. When the whole pass finds
-    fewer than :data:`MIN_SCALE_BOXES` (objects too small to see, or none), tiles of ``3 x``
-    the input size are used.
+    fewer than :data:`MIN_SCALE_BOXES` (objects too small to see, or none) or hits ``max_det``,
+    tiles of ``3 x`` the input size are used (products shrink 3x in them: a compromise between
+    missing tiny products and cutting large ones into parts).
 
     Args:
         backend: a loaded detector backend.
@@ -379,7 +380,7 @@ def detect(
         learnt = getattr(model_dir, "inference", {}).get("object_px") if model_dir is not None else None
         object_px = float(learnt) if learnt else input_size * DEFAULT_OBJECT_FRACTION
     side = scale_tile_px(whole, width, height, input_size, object_px)
-    if side is None and len(whole) >= MIN_SCALE_BOXES:
+    if side is None and len(whole) >= MIN_SCALE_BOXES and not whole.truncated:
         logger.debug("%sx%s picture: objects large enough at whole-picture scale, not tiled", width, height)
         return whole
     side = side or min(3 * input_size, max(width, height))

@@ -98,9 +98,11 @@ def test_perfect_detections_score_one_and_the_best_f1_threshold_drops_the_wrong_
     report = summarize(pictures, confidence=0.05)
     assert report.recall == 1.0 and report.precision == pytest.approx(0.6)
     assert report.mAP50 == pytest.approx(1.0, abs=0.01)
-    assert report.best_f1_confidence == pytest.approx(0.7) and report.best_f1 == pytest.approx(1.0)
+    # The threshold sits just under the third box's score: the backends keep scores > conf.
+    assert report.best_f1_confidence == pytest.approx(0.6999) and report.best_f1 == pytest.approx(1.0)
+    assert summarize(pictures, confidence=report.best_f1_confidence).precision == 1.0
     settings = recommend(pictures)
-    assert settings["confidence"] == pytest.approx(0.7) and settings["max_det"] == 300
+    assert settings["confidence"] == pytest.approx(0.6999) and settings["max_det"] == 300
 
 
 class _Scripted:
@@ -197,8 +199,12 @@ def test_evaluate_detector_command_from_onnx_only_and_recommended_threshold(
     written = json.loads((model / INFERENCE).read_text())
     assert written["confidence"] == result["recommended"]["confidence"] == result["best_f1_confidence"]
     assert read_model_dir(model).confidence == written["confidence"]
-    again = runner.invoke(app, ["evaluate", "detector", "--data", str(coco), "--detector", str(model), "--json"])
+    again = runner.invoke(app, ["evaluate", "detector", "--data", str(coco), "--detector", str(model), "--json",
+                                "--record-as", "toy"])
     assert json.loads(again.stdout)["confidence"] == written["confidence"]  # the model's own threshold now
+    recorded = json.loads((model / "metrics.json").read_text())
+    assert recorded["counting"]["toy"]["recall"] == json.loads(again.stdout)["recall"]
+    assert "mAP50" in recorded  # the training metrics stay
     missing = runner.invoke(app, ["evaluate", "detector", "--data", str(tmp_path / "toy.json"), "--detector",
                                   str(model), "--split", "val", "--json", "--tiling", "sometimes"])
     assert missing.exit_code == 2
