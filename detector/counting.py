@@ -48,7 +48,7 @@ import numpy as np
 import numpy.typing as npt
 
 from detector.backends.base import DetectorBackend
-from detector.dataset import labels_xyxy, prepare_dataset, read_rgb, split_pictures
+from detector.dataset import labels_xyxy, prepare_dataset, read_rgb, require_split, split_pictures
 from detector.errors import DatasetError
 
 __all__ = [
@@ -334,10 +334,7 @@ def labelled_pictures(data: str | Path, split: str = "test") -> Iterator[list[tu
         return
     with tempfile.TemporaryDirectory(prefix="shelftally-count-") as work:
         report = prepare_dataset(path, Path(work) / "data")
-        if split not in report.splits or report.splits[split].images == 0:
-            available = ", ".join(s for s, r in report.splits.items() if r.images) or "none"
-            raise DatasetError(f"{path} has no {split!r} pictures (splits with pictures: {available})",
-                               reason="missing_split")
+        require_split(report, split)
         yield [(image, partial(_label_boxes, label)) for image, label in split_pictures(Path(work) / "data", split)]
 
 

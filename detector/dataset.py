@@ -52,6 +52,7 @@ __all__ = [
     "prepare_dataset",
     "read_data_yaml",
     "read_rgb",
+    "require_split",
     "resolve_splits",
     "split_pictures",
 ]
@@ -584,3 +585,15 @@ def labels_xyxy(label: Path, width: int, height: int) -> tuple[npt.NDArray[np.fl
     cx, cy, w, h = data[:, 1] * width, data[:, 2] * height, data[:, 3] * width, data[:, 4] * height
     boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1).astype(np.float32)
     return boxes, data[:, 0].astype(np.int64)
+
+
+def require_split(report: DatasetReport, split: str) -> None:
+    """Refuse a prepared dataset without pictures in ``split``.
+
+    Raises:
+        DatasetError: ``missing_split``; the message lists the splits that have pictures.
+    """
+    if split not in report.splits or report.splits[split].images == 0:
+        available = ", ".join(s for s, r in report.splits.items() if r.images) or "none"
+        raise DatasetError(f"{report.source} has no {split!r} pictures (splits with pictures: {available})",
+                           reason="missing_split")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from detector._offline import configure_offline
-from detector.dataset import prepare_dataset
+from detector.dataset import prepare_dataset, require_split
 from detector.errors import DatasetError
 from detector.export import load_checkpoint
 from detector.model_dir import METRICS, WEIGHTS_PT, read_model_dir
@@ -61,10 +61,7 @@ def evaluate_detector(
 
     with tempfile.TemporaryDirectory(prefix="shelftally-eval-") as work:
         report = prepare_dataset(data_yaml, Path(work) / "data")
-        if split not in report.splits or report.splits[split].images == 0:
-            available = ", ".join(s for s, r in report.splits.items() if r.images) or "none"
-            raise DatasetError(f"{data_yaml} has no {split!r} images (splits with images: {available})",
-                               reason="missing_split")
+        require_split(report, split)
         if not agnostic and list(report.names) != list(model.labels):
             raise DatasetError(
                 f"the model's classes {model.labels[:5]}{'...' if len(model.labels) > 5 else ''} are not the "
