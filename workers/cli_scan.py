@@ -331,6 +331,8 @@ def evaluate_detector_cmd(
     recommend: Annotated[bool, typer.Option(
         "--recommend", help="Write the best-F1 confidence of this split into the model's inference.json "
         "(use a validation split).")] = False,
+    record_as: Annotated[str | None, typer.Option(
+        "--record-as", help="Also store the result in the model's metrics.json under counting.NAME.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """A product detector as a counter on your labelled photos: P/R at IoU 0.5, mAP50, per-photo count error."""
@@ -345,7 +347,8 @@ def evaluate_detector_cmd(
             task = bar.add_task("evaluate", total=None)
             result = evaluate_model_dir(
                 detector, data, split=split, confidence=confidence, backend=backend, tiling=tiling,  # type: ignore[arg-type]
-                recommend_into=recommend, progress=lambda done, total: bar.update(task, completed=done, total=total))
+                recommend_into=recommend, record_as=record_as,
+                progress=lambda done, total: bar.update(task, completed=done, total=total))
     except ShelfTallyError as error:
         print_error(error, as_json=as_json)
         raise typer.Exit(1) from error
