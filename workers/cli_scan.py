@@ -276,7 +276,9 @@ def evaluate_grocery_cmd(
     classifier: Annotated[Path, typer.Option("--classifier", help="Classifier model directory.", exists=True,
                                              file_okay=False)],
     backend: Annotated[str, typer.Option("--backend", help="onnx, openvino or torch.")] = "onnx",
-    confidence: Annotated[float, typer.Option("--confidence", help="Detector confidence of counted boxes.")] = 0.25,
+    confidence: Annotated[float | None, typer.Option(
+        "--confidence", help="Detector confidence of counted boxes (default: the detector's own, inference.json, "
+        "else 0.25).")] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N val pictures.")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Also write the report (with every picture) here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
@@ -290,7 +292,8 @@ def evaluate_grocery_cmd(
                    TimeRemainingColumn())
         with Progress(*columns, console=err_console, disable=as_json) as bar:
             task = bar.add_task("evaluate", total=None)
-            report = evaluate_grocery(data, detector_backend, recognizer, main_confidence=confidence, limit=limit,
+            report = evaluate_grocery(data, detector_backend, recognizer, main_confidence=detector_backend.config.conf,
+                                      limit=limit,
                                       progress=lambda done, total: bar.update(task, completed=done, total=total))
     except ShelfTallyError as error:
         print_error(error, as_json=as_json)

@@ -30,6 +30,7 @@ import numpy as np
 from classifier.dataset import read_grocery_store
 from classifier.recognize import Recognizer
 from detector.backends.base import DetectorBackend
+from detector.tiling import detect
 from workers.ingest import read_image
 from workers.pipeline import crop_boxes
 
@@ -121,7 +122,7 @@ def evaluate_grocery(
         pixels = read_image(item.path).pixels
         height, width = pixels.shape[:2]
         label = data.class_names[item.class_index]
-        detections = detector.predict([pixels])[0]
+        detections = detect(detector, pixels)  # as a scan detects (tiling large pictures)
         detections = detections[detections.confidence >= main_confidence]
         crops, kept = crop_boxes(pixels, detections)
         named = recognizer.classify([*crops, pixels])
