@@ -266,16 +266,26 @@ def recommend(pictures: list[PictureCount]) -> dict[str, Any]:
 
     Returns:
         ``{"confidence": the best-F1 threshold, "max_det": at least 300 and twice the most true
-        boxes of a photo, "object_px": the median of the photos' median product size in
-        network-input pixels (what :func:`detector.tiling.detect` scales tiles to; absent
-        without true boxes), "chosen_on": {"pictures", "true_boxes", "f1"}}``.
+        boxes of a photo, "object_px": the small end of the product sizes the model was shown
+        to count (what :func:`detector.tiling.detect` brings smaller products up to by tiling;
+        absent when no photo qualifies), "chosen_on": {"pictures", "true_boxes", "f1"}}``.
+
+    ``object_px`` is the smallest per-photo median product size (network-input pixels) among
+    the photos in which the model found at least half of the products at the chosen
+    confidence: products that small were shown to be counted, and only pictures of smaller
+    ones are tiled. It is not the typical size: from a validation set of close-ups that would
+    make every large picture of an ordinary shelf tile, and tiles smaller than its products
+    cut them into parts that are counted as products.
     """
     conf, f1 = _best_f1(pictures)
+    threshold = max(conf, CURVE_CONFIDENCE)
     most = max((p.true for p in pictures), default=0)
-    settings: dict[str, Any] = {"confidence": round(max(conf, CURVE_CONFIDENCE), 4), "max_det": max(300, 2 * most)}
-    sizes = [p.object_px for p in pictures if p.object_px is not None]
+    settings: dict[str, Any] = {"confidence": round(threshold, 4), "max_det": max(300, 2 * most)}
+    sizes = [p.object_px for p in pictures
+             if p.object_px is not None and p.true and 2 * int(np.count_nonzero(p.hit & (p.confidence > threshold)))
+             >= p.true]
     if sizes:
-        settings["object_px"] = round(float(np.median(sizes)), 1)
+        settings["object_px"] = round(float(min(sizes)), 1)
     settings["chosen_on"] = {"pictures": len(pictures), "true_boxes": sum(p.true for p in pictures),
                              "f1": round(f1, 4)}
     return settings

@@ -23,7 +23,8 @@ tile's boxes back to picture pixels and merges them:
 
 The tile size follows the objects' scale (:func:`detect`): the whole picture is detected first,
 letterboxed; when the median object there is already at least ``object_px`` network pixels
-wide (the size the model learnt objects at), that result stands; otherwise tiles are cut so
+wide (the smallest size the model was validated to count, ``inference.json``), that result
+stands; otherwise tiles are cut so
 that the median object becomes ``object_px`` wide in a tile, never smaller than the network
 input (native resolution) and no larger than the picture. A tile size fixed at the network
 input would cut 12 MP pictures of a few large products into parts that the model takes for
@@ -231,7 +232,7 @@ def scale_tile_px(
         found: detections of the whole picture, letterboxed to ``input_size``.
         width, height: the picture's size, pixels.
         input_size: the network's input side, pixels.
-        object_px: the median object width the model learnt, network-input pixels.
+        object_px: the smallest object width the model counts well, network-input pixels.
 
     Returns:
         None when the picture need not be tiled (fewer than :data:`MIN_SCALE_BOXES` detections:
@@ -351,7 +352,7 @@ def detect(
         tile_px: a fixed tile side (skips the whole-picture pass); see :func:`detect_tiled`.
         tile_overlap: tile overlap fraction in [0, 1).
         max_det: most detections kept for a tiled picture (default the backend's per tile).
-        object_px: the median object width the model learnt, network-input pixels; default
+        object_px: the smallest object width the model counts well, network-input pixels; default
             the model directory's ``inference.json`` ``object_px``, else
             :data:`DEFAULT_OBJECT_FRACTION` of the input size.
 

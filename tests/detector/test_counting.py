@@ -105,6 +105,20 @@ def test_perfect_detections_score_one_and_the_best_f1_threshold_drops_the_wrong_
     assert settings["confidence"] == pytest.approx(0.6999) and settings["max_det"] == 300
 
 
+def test_recommended_object_size_is_the_smallest_of_the_photos_counted_at_least_half_right() -> None:
+    def sized(name: str, size: float, hits: int, true: int = 4) -> PictureCount:
+        return PictureCount(name, true, np.array([0.9] * hits, np.float32), np.array([True] * hits, bool),
+                            object_px=size)
+
+    # Ten close-ups counted right (sizes 100..190 px), one photo of small products the model missed
+    # (20 px: not evidence that it sees them), one photo without products.
+    pictures = [sized(f"c{i}", 100.0 + 10 * i, 4) for i in range(10)] + [sized("missed", 20.0, 1)]
+    pictures.append(PictureCount("empty", 0, np.zeros(0, np.float32), np.zeros(0, bool)))
+    settings = recommend(pictures)
+    assert settings["object_px"] == 100.0  # the smallest counted, not the typical size (145)
+    assert "object_px" not in recommend([sized("missed", 20.0, 1)])  # nothing counted half right: no size
+
+
 class _Scripted:
     """A backend that returns fixed detections per picture size (so tiling never applies: small photos)."""
 
