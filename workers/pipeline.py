@@ -824,9 +824,13 @@ class ScanPipeline:
 
 
 def _without_labels(detections: Detections, label_boxes: Sequence[tuple[float, float, float, float]]) -> Detections:
-    """Drop detections lying mostly (over half their area) on a barcode / QR code read in the picture.
+    """Drop the detections that are a barcode / QR code read in the picture, or the label around it.
 
-    A location label is not a product, but a class-agnostic detector may box it.
+    A location label is not a product, but a class-agnostic detector may box the code or the
+    whole printed card. A detection goes when over half of its area lies on a read code, or when
+    it holds a read code (90 % of the code inside) that covers at least a quarter of it: a card
+    is little more than its code and its caption, while a product's own barcode covers a small
+    part of the product (EAN-13 on a carton: a few percent).
     """
     if not label_boxes or not len(detections):
         return detections
@@ -836,7 +840,9 @@ def _without_labels(detections: Detections, label_boxes: Sequence[tuple[float, f
     for x1, y1, x2, y2 in label_boxes:
         width = np.clip(np.minimum(boxes[:, 2], x2) - np.maximum(boxes[:, 0], x1), 0, None)
         height = np.clip(np.minimum(boxes[:, 3], y2) - np.maximum(boxes[:, 1], y1), 0, None)
-        keep &= width * height / area <= 0.5
+        overlap = width * height
+        code_area = max((x2 - x1) * (y2 - y1), 1e-6)
+        keep &= (overlap / area <= 0.5) & ~((overlap >= 0.9 * code_area) & (code_area >= 0.25 * area))
     return detections[keep]
 
 

@@ -357,3 +357,20 @@ def test_int8_needs_openvino_and_falls_back_to_fp32_without_an_int8_model(
                                            classifier_precision="int8", threads=1)
     assert detector.precision == recognizer.backend.precision == "fp32"
     assert caplog.text.count("int8_missing") == 2
+
+
+def test_a_location_label_card_is_not_a_product_but_a_product_with_its_barcode_is() -> None:
+    from workers.pipeline import _without_labels
+
+    code = (50.0, 900.0, 190.0, 1040.0)  # a read QR code, 140 x 140 px
+    boxes = np.array([
+        [20, 880, 220, 1120],   # the printed card around it: the code covers 41 % of it -> dropped
+        [60, 910, 180, 1030],   # the code itself (over half of the box on the code) -> dropped
+        [0, 300, 400, 1100],    # a large carton that happens to hold the label: code 6 % of it -> kept
+        [400, 100, 600, 400],   # a product elsewhere -> kept
+        [100, 1000, 300, 1200],  # partly on the code (9 % of this box, 18 % of the code inside) -> kept
+    ], np.float32)
+    detections = Detections(boxes, np.full(len(boxes), 0.9, np.float32), np.zeros(len(boxes), np.int64))
+    kept = _without_labels(detections, [code])
+    assert kept.xyxy.tolist() == boxes[2:].tolist()
+    assert len(_without_labels(detections, [])) == len(boxes)
