@@ -56,3 +56,29 @@ def test_shipped_detector_loads_and_runs_on_onnx_runtime() -> None:
         assert detector.labels == ["product"]
         result = detector.predict([np.full((480, 640, 3), 128, np.uint8)])[0]
     assert result.xyxy.shape[1] == 4
+
+
+SHELF_TESTING = Path(__file__).resolve().parents[2] / "shared" / "data" / "shelf-testing-ccby" / "data.yaml"
+
+
+def test_shipped_detector_is_pretrained_carries_its_threshold_and_reproduces_its_real_scores() -> None:
+    from detector.model_dir import read_model_dir
+
+    folder = MODELS / "product-agnostic"
+    model = read_model_dir(folder)
+    backbone = model.provenance["backbone"]
+    assert backbone["architecture"] == "tf_efficientnet_lite0"
+    assert backbone["pretrained"]["name"] == "efficientnet_lite0.imagenet" and backbone["pretrained"]["sha256"]
+    chosen = model.inference["chosen_on"]
+    assert chosen["pictures"] == 51 and 0.0 < model.confidence < 1.0  # chosen on the 51 real val photos
+    counting = model.metrics["counting"]
+    assert {"real-val", "shelf-testing-test", "pallets-test", "packages-test"} <= set(counting)
+    if not SHELF_TESTING.is_file():
+        pytest.skip("../shared/data/shelf-testing-ccby is not beside this checkout")
+    from detector.counting import evaluate_model_dir
+
+    again = evaluate_model_dir(folder, SHELF_TESTING, split="test", threads=1)
+    recorded = counting["shelf-testing-test"]
+    assert again["model"] == recorded["model"] == model.version
+    for key in ("pictures", "true_boxes", "detected_boxes", "precision", "recall", "count_within_10pct"):
+        assert again[key] == recorded[key], key
