@@ -343,7 +343,7 @@ def labelled_pictures(data: str | Path, split: str = "test") -> Iterator[list[tu
         yield [(picture, partial(_fixed_boxes, boxes)) for picture, boxes in coco]
         return
     with tempfile.TemporaryDirectory(prefix="shelftally-count-") as work:
-        report = prepare_dataset(path, Path(work) / "data")
+        report = prepare_dataset(path, Path(work) / "data", required=())  # a test-only set is enough
         require_split(report, split)
         yield [(image, partial(_label_boxes, label)) for image, label in split_pictures(Path(work) / "data", split)]
 
@@ -423,6 +423,16 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
         raise ModelLoadError(f"cannot write {path}: {error}", reason="model_dir_not_writable") from error
 
 
+def _check_writable(folder: Path) -> None:
+    from detector.errors import ModelLoadError
+
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise ModelLoadError(f"cannot write into {folder}: {error}", reason="model_dir_not_writable") from error
+
+
 def evaluate_model_dir(
     model_dir: str | Path,
     data: str | Path,
@@ -458,13 +468,17 @@ def evaluate_model_dir(
 
     Raises:
         ModelLoadError, MissingDependencyError, ConfigurationError: from loading the backend;
-            ``model_dir_not_writable`` when ``recommend_into`` or ``record_as`` cannot write.
-        DatasetError: see :func:`evaluate_counts`.
+            ``model_dir_not_writable`` when ``recommend_into`` or ``record_as`` cannot write
+            (checked before the evaluation).
+        DatasetError: see :func:`evaluate_counts`; ``no_true_matches`` when ``recommend_into``
+            and the split has no true box or no detection matches one (nothing is written).
     """
     from detector.backends import load
     from detector.model_dir import INFERENCE, METRICS, read_model_dir
 
     directory = read_model_dir(model_dir)
+    if recommend_into or record_as is not None:
+        _check_writable(directory.path)  # before the evaluation, not after it
     threshold = directory.confidence if confidence is None else confidence
     loaded = load(directory, backend=backend, threads=threads, conf=CURVE_CONFIDENCE,
                   max_det=max(directory.max_det or 300, 300))
@@ -475,6 +489,12 @@ def evaluate_model_dir(
                               "tiling": tiling, **report.to_dict()}
     if recommend_into:
         settings = recommend(pictures) | {"data": str(data), "split": split}
+        if not report.true_boxes or settings["chosen_on"]["f1"] <= 0:
+            raise DatasetError(
+                f"{data} (split {split}): nothing to choose a threshold from ({report.true_boxes} true boxes, best F1 "
+                f"{settings['chosen_on']['f1']:.3f}); {directory.path / INFERENCE} is left as it was",
+                reason="no_true_matches",
+            )
         _write_json(directory.path / INFERENCE, settings)
         result["recommended"] = settings
     if record_as is not None:

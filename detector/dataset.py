@@ -278,7 +278,7 @@ def _resolve_entry(entry: str, roots: Sequence[Path]) -> Path | None:
     return None
 
 
-def resolve_splits(data_yaml: str | Path) -> dict[str, list[Path]]:
+def resolve_splits(data_yaml: str | Path, required: tuple[str, ...] = ("train", "val")) -> dict[str, list[Path]]:
     """Find the image folders (or image list files) of each split of a ``data.yaml``.
 
     Each split entry (a string or a list) is tried as given (absolute), relative to the declared
@@ -289,13 +289,16 @@ def resolve_splits(data_yaml: str | Path) -> dict[str, list[Path]]:
 
     Args:
         data_yaml: path of the dataset's YAML.
+        required: the splits that must have images (training needs train and val; evaluating
+            one split needs only that one).
 
     Returns:
-        ``{"train": [...], "val": [...], "test": [...]}`` with the splits found (``test`` may be
-        absent); paths are absolute.
+        ``{"train": [...], "val": [...], "test": [...]}`` with the splits found (those not
+        required may be absent); paths are absolute.
 
     Raises:
-        DatasetError: the YAML is unreadable, or no train or no val images can be found.
+        DatasetError: the YAML is unreadable, or a required split has no images
+            (``split_missing``).
     """
     source = Path(data_yaml).resolve()
     data = read_data_yaml(source)
@@ -331,9 +334,9 @@ def resolve_splits(data_yaml: str | Path) -> dict[str, list[Path]]:
                 logger.warning("data.yaml %s: using %s for split %s", source, paths[0], split)
         if paths:
             found[split] = paths
-    for required in ("train", "val"):
-        if required not in found:
-            raise DatasetError(f"{source}: no {required} images found", reason="split_missing")
+    for split in required:
+        if split not in found:
+            raise DatasetError(f"{source}: no {split} images found", reason="split_missing")
     return found
 
 
@@ -442,7 +445,9 @@ def _clear_previous(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def prepare_dataset(data_yaml: str | Path, out_dir: str | Path) -> DatasetReport:
+def prepare_dataset(
+    data_yaml: str | Path, out_dir: str | Path, required: tuple[str, ...] = ("train", "val")
+) -> DatasetReport:
     """Write a clean, trainable copy of a YOLO dataset and report what was found.
 
     Output layout under ``out_dir``: ``images/{train,val,test}/...`` (links to the source images,
@@ -455,18 +460,19 @@ def prepare_dataset(data_yaml: str | Path, out_dir: str | Path) -> DatasetReport
         data_yaml: the source dataset's YAML (ultralytics / Roboflow format).
         out_dir: work directory for the prepared copy; must be empty, absent, or a previous
             output of this function. Never inside the source dataset.
+        required: the splits that must have images (:func:`resolve_splits`).
 
     Returns:
         The report; ``report.data_yaml`` is the file to train on.
 
     Raises:
-        DatasetError: the YAML is unreadable or has no class names; train or val has no images;
+        DatasetError: the YAML is unreadable or has no class names; a required split has no images;
             ``out_dir`` holds something else.
     """
     source = Path(data_yaml).resolve()
     data = read_data_yaml(source)
     names = _class_names(data, source)
-    splits = resolve_splits(source)
+    splits = resolve_splits(source, required)
     out = Path(out_dir).resolve()
     _clear_previous(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -328,7 +328,9 @@ def evaluate_detector_cmd(
     confidence: Annotated[float | None, typer.Option(
         "--confidence", min=0.0, max=1.0,
         help="Counting threshold (default: the model's inference.json, else 0.25).")] = None,
-    backend: Annotated[str, typer.Option("--backend", help="onnx or openvino.")] = "onnx",
+    backend: Annotated[str, typer.Option(
+        "--backend", help="onnx or openvino (a shipped model has only these files); torch needs model.pt, tensorrt "
+        "a GPU.")] = "onnx",
     tiling: Annotated[str, typer.Option("--tiling", help="auto (large photos tiled, as a scan), always, never.")] = (
         "auto"),
     recommend: Annotated[bool, typer.Option(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -222,6 +223,14 @@ def test_evaluate_detector_command_from_onnx_only_and_recommended_threshold(
     missing = runner.invoke(app, ["evaluate", "detector", "--data", str(tmp_path / "toy.json"), "--detector",
                                   str(model), "--split", "val", "--json", "--tiling", "sometimes"])
     assert missing.exit_code == 2
+    # Photos without any true box: nothing to choose a threshold from, the model's own is kept.
+    unlabelled = tmp_path / "unlabelled.json"
+    unlabelled.write_text(json.dumps({"images": json.loads(coco.read_text())["images"][:2], "annotations": []}))
+    before = (model / INFERENCE).read_text()
+    refused = runner.invoke(app, ["evaluate", "detector", "--data", str(unlabelled), "--detector", str(model),
+                                  "--json", "--recommend"])
+    assert refused.exit_code == 1 and json.loads(refused.stdout)["reason"] == "no_true_matches"
+    assert (model / INFERENCE).read_text() == before
 
 
 def test_backends_follow_the_model_directorys_inference_json(tiny_detector: Path, tmp_path: Path) -> None:
@@ -239,3 +248,25 @@ def test_backends_follow_the_model_directorys_inference_json(tiny_detector: Path
     with pytest.raises(ModelLoadError) as caught:
         read_model_dir(model)
     assert caught.value.reason == "invalid_inference"
+
+
+def test_a_yolo_set_with_only_a_test_split_is_evaluated_and_a_missing_split_is_named(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    (tmp_path / "test" / "images").mkdir(parents=True)
+    (tmp_path / "test" / "labels").mkdir(parents=True)
+    for index in range(2):
+        image, rows = toy_picture(rng)
+        height, width = image.shape[:2]
+        cv2.imwrite(str(tmp_path / "test" / "images" / f"p{index}.png"), image[:, :, ::-1].astype(np.uint8))
+        (tmp_path / "test" / "labels" / f"p{index}.txt").write_text("".join(
+            f"0 {(x1 + x2) / 2 / width} {(y1 + y2) / 2 / height} {(x2 - x1) / width} {(y2 - y1) / height}\n"
+            for _cls, x1, y1, x2, y2 in rows))
+    data = tmp_path / "data.yaml"
+    data.write_text("test: test/images\nnames: [product]\n")  # a user's own labelled photos: no train, no val
+    scripted = _Scripted(defaultdict(lambda: _det([])))
+    report, pictures = evaluate_counts(scripted, data, split="test", confidence=0.25)  # type: ignore[arg-type]
+    assert report.pictures == 2 and report.true_boxes == sum(p.true for p in pictures) > 0
+    assert report.recall == 0.0  # the scripted backend finds nothing in these pictures
+    with pytest.raises(DatasetError) as caught:
+        evaluate_counts(scripted, data, split="val", confidence=0.25)  # type: ignore[arg-type]
+    assert caught.value.reason == "missing_split" and "test" in str(caught.value)
