@@ -454,9 +454,44 @@ def run_vision_demo(
     with factory() as session:
         print_counts(queries.counts(session, location_prefix="DEMO-"), console)
     engine.dispose()
+    env_file = write_demo_env(workdir, database, detector_dir, classifier_dir, policy)
     console.print(
         f"\ndemo finished in {time.perf_counter() - started:.0f} s. Evidence images: {workdir / 'evidence'}; "
-        f"database: {database}\nExplore it: shelftally --database-url sqlite:///{database.resolve()} discrepancies",
+        f"database: {database}\nThe demo's settings (database, models, tolerances) are in {env_file}. "
+        f"Explore it, or scan another photo with them:\n"
+        f"  set -a; . {env_file}; set +a\n"
+        f"  shelftally discrepancies\n"
+        f"  shelftally scan {photos[0][0]} --location {SHELVES[0][0]}",
         highlight=False, soft_wrap=True,
     )
     return database, run
+
+
+def write_demo_env(
+    workdir: Path, database: Path, detector_dir: Path, classifier_dir: Path, policy: ReconcilePolicy
+) -> Path:
+    """Write ``<workdir>/demo.env``: the settings under which the demo scanned, for the next command.
+
+    ``SHELFTALLY_*`` variables (database URL, both model directories, the demo's reconcile
+    tolerances, its evidence folder), absolute paths, in dotenv syntax that a shell can also
+    source (``set -a; . demo.env; set +a``) or that can be copied to ``.env``.
+
+    Returns:
+        The file's path.
+
+    Raises:
+        OSError: ``workdir`` cannot be written.
+    """
+    values = {
+        "SHELFTALLY_DATABASE_URL": f"sqlite:///{database.resolve()}",
+        "SHELFTALLY_MODELS__DETECTOR_DIR": str(detector_dir.resolve()),
+        "SHELFTALLY_MODELS__CLASSIFIER_DIR": str(classifier_dir.resolve()),
+        "SHELFTALLY_RECONCILE__TOLERANCE_UNITS": str(policy.tolerance_units),
+        "SHELFTALLY_RECONCILE__CONFIRM_AFTER_SCANS": str(policy.confirm_after_scans),
+        "SHELFTALLY_RECONCILE__UNKNOWN_TOLERANCE_FACINGS": str(policy.unknown_tolerance_facings),
+        "SHELFTALLY_SCAN__EVIDENCE_DIR": str((workdir / "evidence").resolve()),
+    }
+    path = workdir / "demo.env"
+    path.write_text("# written by shelftally demo: the settings its scans ran under\n"
+                    + "".join(f"{key}='{value}'\n" for key, value in values.items()), encoding="utf-8")
+    return path

@@ -67,6 +67,14 @@ def test_vision_demo_scans_its_photos_and_reuses_its_models(tmp_path: Path) -> N
     shipped = size.detector_dir()
     assert ("product detector: the shipped" if shipped else "trained the product detector") in text
     assert "Open discrepancies" in text and "demo finished" in text
+    # The next command finds the demo's models and database: demo.env, printed with the command.
+    env_file = workdir / "demo.env"
+    assert f". {env_file}" in text and "shelftally scan" in text
+    after = Settings.from_environment(env_file=env_file)
+    assert after.models.detector_dir is not None and (after.models.detector_dir / "model.onnx").is_file()
+    assert after.models.classifier_dir is not None and after.models.classifier_dir.is_dir()
+    assert after.database_url == f"sqlite:///{database.resolve()}"
+    assert after.reconcile.unknown_tolerance_facings == 1
     again = io.StringIO()
     run_vision_demo(workdir, console=Console(file=again, width=200), settings=Settings(), size=size)
     assert "reusing the demo models" in again.getvalue()
