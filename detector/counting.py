@@ -159,6 +159,10 @@ class PictureCount:
         """Detections with confidence ``> threshold`` (the backends' rule)."""
         return int(np.count_nonzero(self.confidence > threshold))
 
+    def found(self, threshold: float) -> int:
+        """True boxes matched by a detection with confidence ``> threshold`` (true positives)."""
+        return int(np.count_nonzero(self.hit[self.confidence > threshold]))
+
 
 @dataclass(frozen=True)
 class CountReport:
@@ -244,7 +248,7 @@ def summarize(pictures: list[PictureCount], confidence: float, unreadable: tuple
     """
     true = sum(p.true for p in pictures)
     detected = sum(p.detected(confidence) for p in pictures)
-    tp = sum(int(np.count_nonzero(p.hit[p.confidence > confidence])) for p in pictures)
+    tp = sum(p.found(confidence) for p in pictures)
     errors = [e for p in pictures if (e := count_error(p.detected(confidence), p.true)) is not None]
     empty = [p for p in pictures if p.true == 0]
     best_conf, best_f1 = _best_f1(pictures)
@@ -281,9 +285,7 @@ def recommend(pictures: list[PictureCount]) -> dict[str, Any]:
     threshold = max(conf, CURVE_CONFIDENCE)
     most = max((p.true for p in pictures), default=0)
     settings: dict[str, Any] = {"confidence": round(threshold, 4), "max_det": max(300, 2 * most)}
-    sizes = [p.object_px for p in pictures
-             if p.object_px is not None and p.true and 2 * int(np.count_nonzero(p.hit & (p.confidence > threshold)))
-             >= p.true]
+    sizes = [p.object_px for p in pictures if p.object_px is not None and p.true and 2 * p.found(threshold) >= p.true]
     if sizes:
         settings["object_px"] = round(float(min(sizes)), 1)
     settings["chosen_on"] = {"pictures": len(pictures), "true_boxes": sum(p.true for p in pictures),
