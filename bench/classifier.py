@@ -3,9 +3,9 @@
 Compared, end to end per call of ``classify(crops)`` (resize and normalise each crop, network,
 softmax, embedding normalisation), through our backends on one model directory:
 
-- ``torch``: :class:`classifier.backends.torch.TorchBackend` on ``model.pt`` (eager, eval mode);
-- ``onnx``: :class:`classifier.backends.onnx.OnnxBackend` on ``model.onnx``;
-- ``openvino``: :class:`classifier.backends.openvino.OpenVinoBackend` on ``openvino/model.xml``
+- ``torch``: the `torch` session (:mod:`shelftally.runtimes.torch`) on ``model.pt`` (eager, eval mode);
+- ``onnx``: the `onnx` session (:mod:`shelftally.runtimes.onnx`) on ``model.onnx``;
+- ``openvino``: the `openvino` session (:mod:`shelftally.runtimes.openvino`) on ``openvino/model.xml``
   (``openvino_precision="auto"``: bf16 where the CPU has it).
 
 Each at batch 1, 32 and 128 crops, the median of ``--runs`` timed calls after ``--warmup``

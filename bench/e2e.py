@@ -122,7 +122,7 @@ def quantized_models(work: Path, detector: Path, classifier: Path, calibration: 
     from classifier.quantize import quantize_classifier
     from detector.quantize import EvaluationSet, quantize_detector
     from detector.synth import write_synthetic_datasets
-    from shelftally.int8 import INT8_RECORD, read_record
+    from shelftally.runtimes.int8 import INT8_RECORD, read_record
 
     if not ((detector / INT8_RECORD).is_file() and (classifier / INT8_RECORD).is_file()):
         data = work / "int8-data"

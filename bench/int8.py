@@ -47,7 +47,7 @@ from detector.dataset import split_pictures  # noqa: E402
 from detector.model_dir import read_model_dir as read_detector_dir  # noqa: E402
 from detector.preprocess import letterbox  # noqa: E402
 from detector.quantize import EvaluationSet, quantize_detector  # noqa: E402
-from shelftally.int8 import INT8_XML  # noqa: E402
+from shelftally.runtimes.int8 import INT8_XML  # noqa: E402
 
 GROCERY = ROOT.parent / "shared" / "data" / "grocerystore"
 

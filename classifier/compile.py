@@ -1,7 +1,7 @@
 """Compile a classifier to a TensorRT engine behind an accuracy gate.
 
 :func:`compile_classifier` builds (or reuses) the FP16 / INT8 engine of a model directory's
-``model.onnx`` (:class:`classifier.backends.tensorrt.TensorRTBackend`), then measures top-1
+``model.onnx`` (:class:`shelftally.runtimes.tensorrt.TensorRTSession`), then measures top-1
 accuracy of the engine and of the FP32 ONNX model (ONNX Runtime on the CPU, the reference every
 other runtime is compared with) on the same validation items. When the engine's top-1 is more
 than ``max_top1_drop`` below the reference, the engine is deleted from the cache and
@@ -24,17 +24,20 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from classifier.backends.base import BackendConfig, ClassifierBackend, EngineOptions, Precision
-from classifier.backends.onnx import OnnxBackend
-from classifier.backends.tensorrt import TensorRTBackend, TensorRTRuntime
+from classifier.backends import BackendConfig, ClassifierBackend, EngineOptions
 from classifier.dataset import DatasetItem, load_image
 from classifier.errors import AccuracyGateError
 from classifier.model_dir import ModelDir, read_model_dir
-from shelftally.engine_cache import EngineRecord
 from shelftally.errors import ConfigurationError
+from shelftally.runtimes import Precision
+from shelftally.runtimes.engine_cache import EngineRecord
+
+if TYPE_CHECKING:
+    from shelftally.runtimes.tensorrt import TensorRTRuntime
 
 __all__ = ["CompileReport", "compile_classifier", "top1_accuracy"]
 
@@ -147,14 +150,14 @@ def compile_classifier(
     directory = model_dir if isinstance(model_dir, ModelDir) else read_model_dir(model_dir)
     engine = EngineOptions(precision=precision, cache_dir=cache_dir, calibration_dir=calibration_dir,
                            max_batch=max_batch, calibration_batch=calibration_batch)
-    compiled = TensorRTBackend(directory, BackendConfig(device=device, batch_size=batch_size, engine=engine),
-                               runtime=runtime)
+    compiled = ClassifierBackend(directory, BackendConfig(device=device, batch_size=batch_size, engine=engine),
+                                 "tensorrt", tensorrt_runtime=runtime, fallback=False)
     record = compiled.engine_record
     try:
         compiled_top1 = top1_accuracy(compiled, val_items)
     finally:
         compiled.close()
-    with OnnxBackend(directory, BackendConfig(device="cpu", batch_size=batch_size)) as reference:
+    with ClassifierBackend(directory, BackendConfig(device="cpu", batch_size=batch_size), "onnx") as reference:
         reference_top1 = top1_accuracy(reference, val_items)
     drop = reference_top1 - compiled_top1
     logger.info("%s engine %s: top-1 %.4f, FP32 ONNX %.4f (drop %.4f, allowed %.4f) on %s items",

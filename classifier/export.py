@@ -8,7 +8,7 @@
 
 B is dynamic by default. ``batch=N`` exports a graph with the batch fixed to N (for runtimes
 and accelerators that need static shapes); the backends read B from the graph's input and
-split or pad to it (:mod:`classifier.backends.base`).
+split or pad to it (:mod:`classifier.backends`).
 
 The export uses TorchScript tracing (``torch.onnx.export(..., dynamo=False)``): the default
 dynamo exporter of torch 2.14 needs ``onnxscript``, which this project does not install

@@ -2,9 +2,9 @@
 
 :func:`quantize_classifier` calibrates NNCF on training pictures (each prepared exactly as the
 backends prepare a crop: :func:`classifier.preprocess.prepare_batch`), writes
-``openvino-int8/`` into the model directory (:mod:`shelftally.int8`), then measures top-1
+``openvino-int8/`` into the model directory (:mod:`shelftally.runtimes.int8`), then measures top-1
 (argmax of the logits, no open-set threshold) of the FP32 and INT8 OpenVINO models on the
-evaluation pictures and records both; :func:`shelftally.int8.choose_int8` uses INT8 only when
+evaluation pictures and records both; :func:`shelftally.runtimes.int8.choose_int8` uses INT8 only when
 the loss is within the configured margin.
 
 Usage::
@@ -22,23 +22,26 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from classifier.backends.base import BackendConfig
-from classifier.backends.openvino import OpenVinoBackend
+from classifier.backends import BackendConfig, ClassifierBackend
 from classifier.dataset import ImageDataset, load_image
 from classifier.errors import ClassifierError
 from classifier.export import export_openvino
 from classifier.model_dir import WEIGHTS_ONNX, read_model_dir
 from classifier.preprocess import prepare_batch
 from shelftally.files import sha256_file
-from shelftally.int8 import STAGED_DIR, Int8Record, StagedInt8, install, quantize_openvino, stage_progress, write_record
+from shelftally.runtimes.int8 import (
+    STAGED_DIR,
+    STAGED_XML,
+    Int8Record,
+    install,
+    quantize_openvino,
+    stage_progress,
+    write_record,
+)
 
 __all__ = ["quantize_classifier", "top1"]
 
 logger = logging.getLogger(__name__)
-
-
-class _Int8Candidate(StagedInt8, OpenVinoBackend):
-    """The OpenVINO backend on the INT8 model just made, before it is scored."""
 
 
 def top1(
@@ -128,7 +131,8 @@ def quantize_classifier(
         scores: dict[str, Any] = {"pictures": len(evaluation.items)}
         config = BackendConfig(threads=threads, openvino_precision="f32")
         for name in ("fp32", "int8"):
-            backend = OpenVinoBackend(model, config) if name == "fp32" else _Int8Candidate(model, config)
+            candidate = STAGED_XML if name == "int8" else None
+            backend = ClassifierBackend(model, config, "openvino", int8_candidate=candidate)
             try:
                 scores[name] = round(top1(backend, evaluation, progress=stage_progress(progress, f"top-1 {name}")), 4)
             finally:

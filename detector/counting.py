@@ -47,7 +47,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from detector.backends.base import DetectorBackend
+from detector.backends import DetectorBackend
 from detector.dataset import labels_xyxy, prepare_dataset, read_rgb, require_split, split_pictures
 from detector.errors import DatasetError
 

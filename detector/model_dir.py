@@ -8,7 +8,7 @@ its own)::
                         output (B, 4 + C, A): cx, cy, w, h in input pixels, then C class scores
     openvino/model.xml  OpenVINO IR (+ model.bin) of the same graph; source.json names the
                         weights file it was converted from and their SHA-256
-    engines/            TensorRT engine cache (see detector.backends.tensorrt)
+    engines/            TensorRT engine cache (see shelftally.runtimes.tensorrt)
     labels.json         ["product"] or SKU codes; list index = class_id
     preprocess.json     input size, letterbox, normalisation, channel order (:class:`Preprocess`)
     metrics.json        mAP50, mAP50-95, precision, recall on the validation split (and more)

@@ -2,8 +2,8 @@
 
 :func:`quantize_detector` calibrates NNCF on pictures of a YOLO dataset split (letterboxed
 exactly as the backends do), writes ``openvino-int8/`` into the model directory
-(:mod:`shelftally.int8`), then scores FP32 and INT8 with the same code on each evaluation set
-and records both: the gate in :func:`shelftally.int8.choose_int8` uses INT8 only when no set
+(:mod:`shelftally.runtimes.int8`), then scores FP32 and INT8 with the same code on each evaluation set
+and records both: the gate in :func:`shelftally.runtimes.int8.choose_int8` uses INT8 only when no set
 lost more than the configured margin.
 
 Scoring (:func:`evaluate_backend`) runs a loaded backend over a split and computes mAP the
@@ -32,18 +32,17 @@ import numpy as np
 import numpy.typing as npt
 
 from detector._offline import configure_offline
-from detector.backends.base import BackendConfig
-from detector.backends.openvino import OpenVinoBackend
+from detector.backends import BackendConfig, DetectorBackend
 from detector.dataset import labels_xyxy, prepare_dataset, read_rgb, split_pictures
 from detector.errors import DatasetError
 from detector.export import export_openvino
 from detector.model_dir import WEIGHTS_ONNX, read_model_dir
 from detector.preprocess import letterbox
 from shelftally.files import sha256_file
-from shelftally.int8 import (
+from shelftally.runtimes.int8 import (
     STAGED_DIR,
+    STAGED_XML,
     Int8Record,
-    StagedInt8,
     head_scope_patterns,
     install,
     quantize_openvino,
@@ -66,10 +65,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VAL_CONF = 0.001  # ultralytics' validator defaults (DEFAULT_CFG conf for val, iou 0.7, max_det 300)
 VAL_IOU = 0.7
 VAL_MAX_DET = 300
-
-
-class _Int8Candidate(StagedInt8, OpenVinoBackend):
-    """The OpenVINO backend on the INT8 model just made, before it is scored."""
 
 
 @dataclass(frozen=True)
@@ -310,7 +305,8 @@ def quantize_detector(
         results: dict[str, dict[str, Any]] = {}
         config = BackendConfig(threads=threads, conf=VAL_CONF, iou=VAL_IOU, max_det=VAL_MAX_DET, batch_size=1,
                                openvino_precision="f32")
-        backends = {"fp32": OpenVinoBackend(model, config), "int8": _Int8Candidate(model, config)}
+        backends = {"fp32": DetectorBackend(model, config, "openvino"),
+                    "int8": DetectorBackend(model, config, "openvino", int8_candidate=STAGED_XML)}
         try:
             for evaluation in evaluations:
                 scored = evaluate_backends(backends, evaluation.data_yaml, split=evaluation.split, agnostic=agnostic,

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from detector.backends.base import DetectorBackend
+from detector.backends import DetectorBackend
 from detector.postprocess import nms
 from detector.types import Detections
 
@@ -358,7 +358,7 @@ def detect(
 
     Returns:
         Detections in picture pixels (see :func:`detect_tiled` and
-        :meth:`~detector.backends.base.DetectorBackend.predict`).
+        :meth:`~detector.backends.DetectorBackend.predict`).
 
     Raises:
         ValueError: ``image`` is not (H, W, 3) uint8, or bad tile settings.

@@ -35,9 +35,9 @@ from detector.dataset import DatasetReport, prepare_dataset
 from detector.errors import DetectorError, MissingDependencyError, ModelLoadError
 from detector.export import export_onnx, load_checkpoint
 from detector.model_dir import ARTIFACTS, LABELS, WEIGHTS_PT, Preprocess, write_metadata
-from shelftally.devices import parse_cuda_device
 from shelftally.errors import ConfigurationError
 from shelftally.files import sha256_file
+from shelftally.runtimes.devices import parse_cuda_device
 
 logger = logging.getLogger(__name__)
 

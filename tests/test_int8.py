@@ -1,4 +1,4 @@
-"""The INT8 gate (shelftally.int8.choose_int8): which recorded accuracy lets an INT8 model run."""
+"""The INT8 gate (shelftally.runtimes.int8.choose_int8): which recorded accuracy lets an INT8 model run."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from shelftally.errors import ConfigurationError
 from shelftally.files import sha256_file
-from shelftally.int8 import (
+from shelftally.runtimes.int8 import (
     INT8_RECORD,
     INT8_XML,
     Int8Record,

@@ -29,7 +29,7 @@ import numpy as np
 
 from classifier.dataset import read_grocery_store
 from classifier.recognize import Recognizer
-from detector.backends.base import DetectorBackend
+from detector.backends import DetectorBackend
 from detector.tiling import detect
 from workers.ingest import read_image
 from workers.pipeline import crop_boxes

@@ -51,7 +51,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from classifier.recognize import Recognizer
-from detector.backends.base import DetectorBackend
+from detector.backends import DetectorBackend
 from detector.tiling import detect
 from detector.types import Detections
 from inventory import queries
@@ -355,7 +355,7 @@ def load_models(
             recommended one (``inference.json``), else 0.25.
         detector_precision, classifier_precision: ``"int8"`` runs that model's INT8 variant
             (OpenVINO only) when its recorded accuracy loss is within ``int8_max_drop_points``,
-            else its FP32 one with a warning (:func:`shelftally.int8.choose_int8`); the
+            else its FP32 one with a warning (:func:`shelftally.runtimes.int8.choose_int8`); the
             backend's ``precision`` and ``version`` (suffix ``-int8``) say which ran, and scans
             record that version. Per model, because INT8 is not faster for every network on
             every CPU (``bench/int8.py``, ``bench/e2e.py --int8``).

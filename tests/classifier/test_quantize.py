@@ -14,7 +14,7 @@ from classifier.backends import load
 from classifier.dataset import load_image, read_image_folder
 from classifier.quantize import quantize_classifier, top1
 from classifier.recognize import Recognizer
-from shelftally.int8 import INT8_RECORD, INT8_XML, read_record
+from shelftally.runtimes.int8 import INT8_RECORD, INT8_XML, read_record
 from tests.classifier.conftest import SHAPE_CLASSES, write_shape_folder
 
 pytest.importorskip("nncf", reason="INT8 quantisation needs nncf (extra shelftally[int8])")

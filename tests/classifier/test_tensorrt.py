@@ -3,7 +3,7 @@
 TensorRT cannot be installed on these machines (NVIDIA's index is unreachable and there is no
 GPU), so the engine cache keys, the refusal of engines built for another TensorRT or GPU, the
 fallback to ONNX Runtime and the INT8 accuracy gate are tested with fakes named as such:
-``FakeTensorRTRuntime`` stands in for :class:`classifier.backends.tensorrt.CudaTensorRTRuntime`
+``FakeTensorRTRuntime`` stands in for :class:`shelftally.runtimes.tensorrt.CudaTensorRTRuntime`
 and its "engines" run ``model.onnx`` through ONNX Runtime; ``FakeInt8Runtime`` additionally
 gets a chosen fraction of each batch wrong, as a badly calibrated INT8 engine would. The tests
 that build and run real engines skip when TensorRT is absent.
@@ -19,25 +19,24 @@ import cv2
 import numpy as np
 import pytest
 
-import classifier.backends.tensorrt as trt_backend
-from classifier.backends import BackendConfig, EngineOptions, load
-from classifier.backends.onnx import OnnxBackend
-from classifier.backends.tensorrt import BuildSpec, TensorRTBackend, tensorrt_installed
+import shelftally.runtimes.tensorrt as trt_backend
+from classifier.backends import BackendConfig, ClassifierBackend, EngineOptions, load
 from classifier.compile import compile_classifier, top1_accuracy
 from classifier.dataset import DatasetItem, load_image
 from classifier.errors import AccuracyGateError, EngineIncompatibleError, MissingDependencyError, ModelLoadError
 from classifier.model_dir import read_model_dir
 from classifier.preprocess import prepare_batch
-from shelftally.engine_cache import (
+from shelftally.errors import ConfigurationError
+from shelftally.errors import EngineIncompatibleError as SharedEngineIncompatibleError
+from shelftally.files import sha256_file
+from shelftally.runtimes.engine_cache import (
     EngineCache,
     EngineKey,
     calibration_cache_path,
     read_calibration_cache,
     write_calibration_cache,
 )
-from shelftally.errors import ConfigurationError
-from shelftally.errors import EngineIncompatibleError as SharedEngineIncompatibleError
-from shelftally.files import sha256_file
+from shelftally.runtimes.tensorrt import BuildSpec, tensorrt_installed
 from tests.classifier.conftest import TOY_INPUT, TinyClassifier, toy_crops
 
 FAKE_MAGIC = b"FAKE-TENSORRT-ENGINE\n"
@@ -95,7 +94,7 @@ class FakeTensorRTRuntime:
             raise EngineIncompatibleError(f"plan for TensorRT {version} / sm {capability}")
         return onnx_path
 
-    def deserialize(self, engine: bytes) -> FakeTensorRTEngine:
+    def deserialize(self, engine: bytes, outputs: object = None) -> FakeTensorRTEngine:
         return FakeTensorRTEngine(self._plan(engine))
 
 
@@ -105,15 +104,15 @@ class FakeInt8Runtime(FakeTensorRTRuntime):
 
     wrong_fraction: float = 0.0
 
-    def deserialize(self, engine: bytes) -> FakeTensorRTEngine:
+    def deserialize(self, engine: bytes, outputs: object = None) -> FakeTensorRTEngine:
         return FakeTensorRTEngine(self._plan(engine), self.wrong_fraction)
 
 
 @pytest.fixture
 def fake_runtime(monkeypatch: pytest.MonkeyPatch) -> FakeTensorRTRuntime:
-    """Replaces classifier.backends.tensorrt.open_runtime with a FakeTensorRTRuntime (H200, TensorRT 10.13)."""
+    """Replaces shelftally.runtimes.tensorrt.open_runtime with a FakeTensorRTRuntime (H200, TensorRT 10.13)."""
     runtime = FakeTensorRTRuntime()
-    monkeypatch.setattr(trt_backend, "open_runtime", lambda device: runtime)
+    monkeypatch.setattr(trt_backend, "open_runtime", lambda device, **_: runtime)
     return runtime
 
 
@@ -152,23 +151,23 @@ def test_fake_runtime_first_load_builds_an_engine_keyed_by_model_version_gpu_pre
 ) -> None:
     options = EngineOptions(cache_dir=tmp_path / "engines", precision="fp16")
     first = load(tiny_classifier.dynamic, backend="tensorrt", device="cuda", batch_size=16, engine=options)
-    assert isinstance(first, TensorRTBackend)
+    assert first.name == "tensorrt"
     (spec,) = fake_runtime.builds
     assert (spec.min_batch, spec.opt_batch, spec.max_batch, spec.input_size) == (1, 16, 16, TOY_INPUT)
     key = first.engine_record.key
     assert key.model_sha256 == sha256_file(tiny_classifier.dynamic / "model.onnx")
     assert (key.runtime_version, key.compute_capability, key.precision) == (TRT_VERSION, "9.0", "fp16")
     assert key.profile == spec.profile
-    assert first.engine_record.details["builder"] == "classifier.backends.tensorrt"
+    assert first.engine_record.details["builder"] == "shelftally.runtimes.tensorrt"
     assert first.engine_record.path.parent == tmp_path / "engines"
 
     again = load(tiny_classifier.dynamic, backend="tensorrt", device="cuda:0", batch_size=16, engine=options)
-    assert isinstance(again, TensorRTBackend) and again.engine_record.path == first.engine_record.path
+    assert again.name == "tensorrt" and again.engine_record.path == first.engine_record.path
     assert len(fake_runtime.builds) == 1, "the cached engine was reused"
 
     fake_runtime.compute_capability = "8.9"  # another GPU: another entry, built anew
     other_gpu = load(tiny_classifier.dynamic, backend="tensorrt", device="cuda", batch_size=16, engine=options)
-    assert isinstance(other_gpu, TensorRTBackend)
+    assert other_gpu.name == "tensorrt"
     assert other_gpu.engine_record.path != first.engine_record.path and len(fake_runtime.builds) == 2
 
 
@@ -193,7 +192,7 @@ def test_fake_int8_build_calibrates_on_crops_prepared_as_at_inference_and_writes
     options = EngineOptions(cache_dir=tmp_path / "engines", precision="int8", calibration_dir=tmp_path / "calibration",
                             calibration_batch=8)
     backend = load(tiny_classifier.dynamic, backend="tensorrt", device="cuda", batch_size=8, engine=options)
-    assert isinstance(backend, TensorRTBackend)
+    assert backend.name == "tensorrt"
     assert backend.engine_record.key.precision == "int8"
     assert len(fake_runtime.calibration) == 2, "20 crops in batches of 8: the incomplete last batch is dropped"
     expected = prepare_batch([load_image(item.path) for item in items[:8]], read_model_dir(
@@ -222,13 +221,14 @@ def test_fake_runtime_refuses_a_stale_engine_naming_both_values_and_load_falls_b
     _stale_engine(tmp_path, tiny_classifier.dynamic, **recorded)
     options = EngineOptions(cache_dir=tmp_path, build_missing=False)
     with pytest.raises(EngineIncompatibleError) as caught:
-        TensorRTBackend(read_model_dir(tiny_classifier.dynamic), BackendConfig(device="cuda", engine=options))
+        ClassifierBackend(read_model_dir(tiny_classifier.dynamic), BackendConfig(device="cuda", engine=options),
+                          "tensorrt", fallback=False)
     assert expected_words in str(caught.value)
     assert isinstance(caught.value, SharedEngineIncompatibleError) and caught.value.reason == "engine_incompatible"
 
     with caplog.at_level(logging.WARNING, logger="classifier.backends"):
         backend = load(tiny_classifier.dynamic, backend="tensorrt", device="cuda", engine=options)
-    assert isinstance(backend, OnnxBackend)
+    assert backend.name == "onnx"
     assert "falling back to ONNX Runtime" in caplog.text and expected_words in caplog.text
     assert fake_runtime.builds == [], "nothing was built"
     assert backend.classify(toy_crops(np.random.default_rng(2), 3)[0]).class_id.shape == (3,)
@@ -242,7 +242,7 @@ def test_fake_runtime_refuses_a_prebuilt_engine_path_for_another_gpu_and_falls_b
     (engine_path,) = tmp_path.glob("*.engine")
     backend = load(tiny_classifier.dynamic, backend="tensorrt", device="cuda",
                    engine=EngineOptions(engine_path=engine_path))
-    assert isinstance(backend, OnnxBackend)
+    assert backend.name == "onnx"
     assert "compute capability expected 9.0, actual 8.9" in caplog.text
     assert fake_runtime.builds == []
 
@@ -252,7 +252,7 @@ def test_fake_runtime_that_cannot_deserialise_falls_back_to_onnx(
 ) -> None:
     fake_runtime.refuse_plans = True
     backend = load(tiny_classifier.dynamic, backend="tensorrt", device="cuda", engine=EngineOptions(cache_dir=tmp_path))
-    assert isinstance(backend, OnnxBackend)
+    assert backend.name == "onnx"
 
 
 def test_no_engine_and_building_off_is_a_load_error_not_a_fallback(
@@ -353,11 +353,11 @@ def test_gate_rejects_a_fake_int8_engine_that_drops_too_much_and_removes_it(
     assert list((tmp_path / "engines").glob("*.calib")), "the calibration table is kept for a rebuild"
     # a later load does not find a cached engine that failed the gate: it builds again
     fresh = FakeTensorRTRuntime()
-    TensorRTBackend(read_model_dir(tiny_classifier.dynamic),
+    ClassifierBackend(read_model_dir(tiny_classifier.dynamic),
                     BackendConfig(device="cuda", batch_size=64,
                                   engine=EngineOptions(precision="int8", cache_dir=tmp_path / "engines",
                                                        calibration_dir=calibration, calibration_batch=8)),
-                    runtime=fresh)
+                    "tensorrt", tensorrt_runtime=fresh, fallback=False)
     assert len(fresh.builds) == 1
 
 
@@ -397,6 +397,6 @@ def test_real_engine_passes_the_gate_and_is_cached(
     options = EngineOptions(precision=precision, cache_dir=tmp_path / "engines",  # type: ignore[arg-type]
                             calibration_dir=calibration)
     backend = load(tiny_classifier.dynamic, backend="tensorrt", device="cuda", engine=options)
-    assert isinstance(backend, TensorRTBackend) and backend.engine_record.path == report.engine_record.path
+    assert backend.name == "tensorrt" and backend.engine_record.path == report.engine_record.path
     crops, _ = toy_crops(np.random.default_rng(1), 37)  # dynamic batch: 32 + 5
     assert backend.classify(crops).class_id.shape == (37,)

@@ -20,7 +20,7 @@ from detector.quantize import (
     parse_evaluation_set,
     quantize_detector,
 )
-from shelftally.int8 import INT8_XML, read_record
+from shelftally.runtimes.int8 import INT8_XML, read_record
 from tests.detector.conftest import toy_picture, write_toy_dataset
 
 pytest.importorskip("nncf", reason="INT8 quantisation needs nncf (extra shelftally[int8])")

@@ -3,7 +3,7 @@
 TensorRT cannot be installed on these machines (NVIDIA's index is unreachable and there is no
 GPU), so the cache keys, the refusal of engines built for another TensorRT or GPU, and the
 fallback to ONNX Runtime are tested with ``FakeTensorRTRuntime``: a stand-in for
-:class:`detector.backends.tensorrt.CudaTensorRTRuntime` whose "engines" run ``model.onnx``
+:class:`shelftally.runtimes.tensorrt.CudaTensorRTRuntime` whose "engines" run ``model.onnx``
 through ONNX Runtime. The tests that build and run real engines skip when ``import tensorrt``
 fails.
 """
@@ -19,16 +19,15 @@ import cv2
 import numpy as np
 import pytest
 
-import detector.backends.tensorrt as trt_backend
-from detector.backends import BackendConfig, EngineOptions, load
-from detector.backends.onnx import OnnxBackend
-from detector.backends.tensorrt import BuildSpec, TensorRTBackend, calibration_batches, tensorrt_installed
+import shelftally.runtimes.tensorrt as trt_backend
+from detector.backends import BackendConfig, DetectorBackend, EngineOptions, calibration_batches, load
 from detector.errors import EngineIncompatibleError, MissingDependencyError, ModelLoadError
 from detector.model_dir import Preprocess, read_model_dir
-from shelftally.engine_cache import EngineCache, EngineKey, check_compatible, read_record
 from shelftally.errors import ConfigurationError, EngineCacheError
 from shelftally.errors import EngineIncompatibleError as SharedEngineIncompatibleError
 from shelftally.files import sha256_file
+from shelftally.runtimes.engine_cache import EngineCache, EngineKey, check_compatible, read_record
+from shelftally.runtimes.tensorrt import BuildSpec, tensorrt_installed
 from tests.detector.conftest import toy_picture
 from tests.detector.test_backends import assert_same_detections
 
@@ -44,8 +43,8 @@ class FakeTensorRTEngine:
         self._session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
         self.closed = False
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self._session.run(None, {"images": batch})[0], dtype=np.float32)
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray]:
+        return (np.asarray(self._session.run(None, {"images": batch})[0], dtype=np.float32),)
 
     def close(self) -> None:
         self.closed = True
@@ -70,7 +69,7 @@ class FakeTensorRTRuntime:
             spec.calibration_cache.write_bytes(f"fake calibration table, {batches} batches".encode())
         return FAKE_MAGIC + f"{self.version}|{self.compute_capability}|{spec.onnx_path}".encode()
 
-    def deserialize(self, engine: bytes) -> FakeTensorRTEngine:
+    def deserialize(self, engine: bytes, outputs: object = None) -> FakeTensorRTEngine:
         if self.refuse_plans or not engine.startswith(FAKE_MAGIC):
             raise EngineIncompatibleError(f"fake TensorRT {self.version} cannot deserialise this plan")
         version, capability, onnx_path = engine[len(FAKE_MAGIC):].decode().split("|")
@@ -81,9 +80,9 @@ class FakeTensorRTRuntime:
 
 @pytest.fixture
 def fake_runtime(monkeypatch: pytest.MonkeyPatch) -> FakeTensorRTRuntime:
-    """Replaces detector.backends.tensorrt.open_runtime with a FakeTensorRTRuntime (H200, TensorRT 10.13)."""
+    """Replaces shelftally.runtimes.tensorrt.open_runtime with a FakeTensorRTRuntime (H200, TensorRT 10.13)."""
     runtime = FakeTensorRTRuntime()
-    monkeypatch.setattr(trt_backend, "open_runtime", lambda device: runtime)
+    monkeypatch.setattr(trt_backend, "open_runtime", lambda device, **_: runtime)
     return runtime
 
 
@@ -203,7 +202,7 @@ def test_fake_runtime_first_load_builds_and_caches_then_reuses(
 ) -> None:
     options = EngineOptions(cache_dir=tmp_path / "engines", precision="fp16")
     first = load(tiny_detector, backend="tensorrt", device="cuda", batch_size=4, engine=options)
-    assert isinstance(first, TensorRTBackend)
+    assert first.name == "tensorrt"
     assert len(fake_runtime.builds) == 1
     spec = fake_runtime.builds[0]
     assert (spec.min_batch, spec.opt_batch, spec.max_batch, spec.input_size) == (1, 4, 4, 128)
@@ -214,7 +213,7 @@ def test_fake_runtime_first_load_builds_and_caches_then_reuses(
     assert record.details["device_name"] == "Fake H200"
     assert record.path.parent == tmp_path / "engines" and record.metadata_path.is_file()
     second = load(tiny_detector, backend="tensorrt", device="cuda:0", batch_size=4, engine=options)
-    assert isinstance(second, TensorRTBackend)
+    assert second.name == "tensorrt"
     assert len(fake_runtime.builds) == 1, "the cached engine was reused"
     assert second.engine_record.path == record.path
 
@@ -257,13 +256,13 @@ def test_fake_runtime_refuses_a_stale_engine_and_load_falls_back_to_onnx(
     options = EngineOptions(cache_dir=tmp_path, build_missing=False)
     config = BackendConfig(device="cuda", engine=options)
     with pytest.raises(EngineIncompatibleError) as caught:
-        TensorRTBackend(read_model_dir(tiny_detector), config)
+        DetectorBackend(read_model_dir(tiny_detector), config, "tensorrt", fallback=False)
     assert expected_words in str(caught.value)
     assert isinstance(caught.value, SharedEngineIncompatibleError)
 
     with caplog.at_level(logging.WARNING, logger="detector.backends"):
         backend = load(tiny_detector, backend="tensorrt", device="cuda", engine=options)
-    assert isinstance(backend, OnnxBackend)
+    assert backend.name == "onnx"
     assert "falling back to ONNX Runtime" in caplog.text and expected_words in caplog.text
     assert fake_runtime.builds == [], "nothing was built"
     rng = np.random.default_rng(4)
@@ -275,7 +274,7 @@ def test_fake_runtime_rebuilds_over_a_stale_engine_when_allowed(
 ) -> None:
     _stale_engine(tmp_path, tiny_detector, version="10.0.1.6")
     backend = load(tiny_detector, backend="tensorrt", device="cuda", engine=EngineOptions(cache_dir=tmp_path))
-    assert isinstance(backend, TensorRTBackend)
+    assert backend.name == "tensorrt"
     assert len(fake_runtime.builds) == 1
     assert len(EngineCache(tmp_path).records()) == 2
 
@@ -286,7 +285,7 @@ def test_fake_runtime_refuses_a_prebuilt_engine_path_for_another_gpu(
     _stale_engine(tmp_path, tiny_detector, compute_capability="8.9")
     (engine_path,) = tmp_path.glob("*.engine")
     backend = load(tiny_detector, backend="tensorrt", device="cuda", engine=EngineOptions(engine_path=engine_path))
-    assert isinstance(backend, OnnxBackend)
+    assert backend.name == "onnx"
     assert "compute capability expected 9.0, actual 8.9" in caplog.text
     assert fake_runtime.builds == []
 
@@ -296,7 +295,7 @@ def test_fake_runtime_that_cannot_deserialise_falls_back_to_onnx(
 ) -> None:
     fake_runtime.refuse_plans = True
     backend = load(tiny_detector, backend="tensorrt", device="cuda", engine=EngineOptions(cache_dir=tmp_path))
-    assert isinstance(backend, OnnxBackend)
+    assert backend.name == "onnx"
 
 
 def test_no_engine_and_building_off_is_a_load_error_not_a_fallback(
@@ -320,7 +319,7 @@ def test_fake_runtime_int8_build_gets_letterboxed_calibration_batches(
     options = EngineOptions(cache_dir=tmp_path / "engines", precision="int8", calibration_dir=pictures,
                             calibration_batch=4)
     backend = load(tiny_detector, backend="tensorrt", device="cuda", batch_size=4, engine=options)
-    assert isinstance(backend, TensorRTBackend)
+    assert backend.name == "tensorrt"
     (spec,) = fake_runtime.builds
     assert spec.precision == "int8" and spec.calibration_batch == 4
     assert spec.calibration is not None
@@ -386,7 +385,7 @@ def test_real_engine_agrees_with_onnx_and_is_cached(tiny_detector: Path, tmp_pat
     options = EngineOptions(cache_dir=tmp_path / "engines", precision=precision,  # type: ignore[arg-type]
                             calibration_dir=calibration if precision == "int8" else None)
     backend = load(tiny_detector, backend="tensorrt", device="cuda", batch_size=8, engine=options)
-    assert isinstance(backend, TensorRTBackend)
+    assert backend.name == "tensorrt"
     assert backend.engine_record.key.runtime_version == tensorrt.__version__
     reference = load(tiny_detector, backend="onnx", threads=2).predict(pictures)
     found = backend.predict(pictures)
@@ -397,4 +396,4 @@ def test_real_engine_agrees_with_onnx_and_is_cached(tiny_detector: Path, tmp_pat
         assert sum(len(f) for f in found) >= 0.8 * sum(len(r) for r in reference)
         assert list((tmp_path / "engines").glob("*.calib")), "INT8 calibration cache written"
     again = load(tiny_detector, backend="tensorrt", device="cuda", batch_size=8, engine=options)
-    assert isinstance(again, TensorRTBackend) and again.engine_record.path == backend.engine_record.path
+    assert again.name == "tensorrt" and again.engine_record.path == backend.engine_record.path

@@ -44,16 +44,16 @@ import numpy.typing as npt
 
 from shelftally.errors import ConfigurationError, QuantizationError
 from shelftally.files import sha256_file
-from shelftally.runtimes import import_runtime
+from shelftally.runtimes._imports import import_runtime
 
 __all__ = [
     "INT8_DIR",
     "INT8_RECORD",
     "INT8_XML",
     "STAGED_DIR",
+    "STAGED_XML",
     "Int8Choice",
     "Int8Record",
-    "StagedInt8",
     "choose_int8",
     "head_scope_patterns",
     "install",
@@ -319,17 +319,10 @@ def quantize_openvino(
     return xml, kept
 
 
-class StagedInt8:
-    """Mixin for an OpenVINO backend class: load the staged INT8 model (``openvino-int8.staged/``) to score it.
-
-    ``class Candidate(StagedInt8, OpenVinoBackend)``: the gate is bypassed on purpose, since the
-    record that would let it pass is what the scoring produces.
-    """
-
-    model_dir: Any
-
-    def _model_path(self) -> tuple[Path, str]:
-        return Path(self.model_dir.file(f"{STAGED_DIR}/model.xml")), "int8"
+STAGED_XML = f"{STAGED_DIR}/model.xml"
+"""The staged INT8 IR, relative to the model directory: sessions load it with
+``SessionSpec.int8_candidate`` (the gate bypassed on purpose, since the record that would let it
+pass is what the scoring produces)."""
 
 
 def stage_progress(
