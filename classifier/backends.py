@@ -35,46 +35,28 @@ Usage::
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Unpack
 
 import numpy as np
 import numpy.typing as npt
 
+from classifier import model_dir as layout
 from classifier.errors import ClassifierError, DatasetError, EngineIncompatibleError, ModelLoadError
-from classifier.model_dir import (
-    ONNX_OUTPUTS,
-    OPENVINO_XML,
-    WEIGHTS_ONNX,
-    WEIGHTS_PT,
-    ModelDir,
-    Preprocess,
-    read_model_dir,
-)
+from classifier.model_dir import ModelDir, Preprocess, read_model_dir
 from classifier.preprocess import check_crops, prepare_batch
 from classifier.types import UNKNOWN_CLASS_ID, Classifications
-from shelftally.runtimes import (
-    RUNTIMES,
-    ErrorKinds,
-    RuntimeOptions,
-    Session,
-    SessionSpec,
-    open_session,
-    resolve_runtime,
-    session_class,
-)
+from shelftally.runtimes import RUNTIMES, ErrorKinds, LoadedModel, RuntimeArgs, RuntimeOptions, SessionSpec
 from shelftally.runtimes import EngineOptions as RuntimeEngineOptions
+from shelftally.runtimes.registry import resolve_runtime
 
 __all__ = [
     "BACKENDS",
     "BackendConfig",
     "ClassifierBackend",
     "EngineOptions",
-    "calibration_batches",
     "load",
     "softmax",
 ]
@@ -151,6 +133,7 @@ class BackendConfig(RuntimeOptions):
 
 
 def _read_crop(path: Path) -> npt.NDArray[np.uint8] | None:
+    """A calibration crop (:func:`classifier.dataset.load_image`), or None when it cannot be read."""
     from classifier.dataset import load_image
 
     try:
@@ -160,45 +143,13 @@ def _read_crop(path: Path) -> npt.NDArray[np.uint8] | None:
         return None
 
 
-def calibration_batches(
-    folder: Path, preprocess: Preprocess, *, batch_size: int, limit: int
-) -> Iterator[npt.NDArray[np.float32]]:
-    """TensorRT INT8 calibration batches from a folder of crops, prepared exactly as at inference.
+class ClassifierBackend(LoadedModel):
+    """A classifier model directory loaded into one runtime session (:class:`shelftally.runtimes.LoadedModel`).
 
-    See :func:`shelftally.runtimes.tensorrt.calibration_batches` (crops in name order, a last
-    incomplete batch dropped).
-
-    Yields:
-        (batch_size, 3, S, S) float32 batches (:func:`classifier.preprocess.prepare_batch`).
-
-    Raises:
-        ConfigurationError: the folder is missing or holds fewer than ``batch_size`` readable
-            crops (reason ``invalid_calibration``).
-    """
-    from shelftally.runtimes.tensorrt import calibration_batches as batches
-
-    def prepare(crops: list[npt.NDArray[np.uint8]]) -> npt.NDArray[np.float32]:
-        return prepare_batch(crops, preprocess)
-
-    return batches(folder, prepare, _read_crop, batch_size=batch_size, limit=limit, unit="crops")
-
-
-class ClassifierBackend:
-    """A classifier model directory loaded into one runtime session.
-
-    Args:
-        model_dir: the model directory (:func:`classifier.model_dir.read_model_dir`).
-        config: runtime and naming settings.
-        backend: a name in :data:`BACKENDS`.
-        int8_candidate: OpenVINO only: load this INT8 IR (relative to the directory) as it is,
-            bypassing the accuracy gate (quantisation scores its staged model so).
-        tensorrt_runtime: TensorRT only: the runtime to build and run engines on instead of
-            opening one on ``config.device`` (tests pass fakes).
-        fallback: let a refused TensorRT engine fall back to ONNX Runtime
-            (:func:`shelftally.runtimes.open_session`); False raises instead.
+    Takes a :func:`classifier.model_dir.read_model_dir` directory, a :class:`BackendConfig` and
+    a name of :data:`BACKENDS` (the other arguments: :class:`shelftally.runtimes.LoadedModel`).
 
     Attributes:
-        session: the runtime session (:class:`shelftally.runtimes.Session`).
         embedding_dim: the embedding's width D, once the graph or a run told it.
 
     Raises:
@@ -211,89 +162,38 @@ class ClassifierBackend:
             runtime does not offer.
     """
 
-    def __init__(self, model_dir: ModelDir, config: BackendConfig, backend: str = "onnx", *,
-                 int8_candidate: str | None = None, tensorrt_runtime: Any = None, fallback: bool = True) -> None:
-        runtime = resolve_runtime(backend, what="classifier", aliases=ALIASES)
-        self.model_dir = model_dir
-        self.config = config
-        started = time.perf_counter()
+    what = "classifier"
+    aliases = ALIASES
+    model_dir: ModelDir
+    config: BackendConfig
+    embedding_dim: int | None = None
+
+    def _spec(self, *, int8_candidate: str | None, tensorrt_runtime: Any) -> SessionSpec:
+        model_dir = self.model_dir
 
         def torch_module() -> Any:
             from classifier.backbones import load_model_dir
 
             return load_model_dir(model_dir)
 
-        spec = SessionSpec(
-            root=model_dir.path, what="classifier", input_size=model_dir.preprocess.input_size, options=config,
-            outputs=ONNX_OUTPUTS, errors=ERRORS, onnx_file=WEIGHTS_ONNX, openvino_xml=OPENVINO_XML,
-            torch_file=WEIGHTS_PT, torch_module=torch_module, torch_requires=("torchvision",),
-            calibration=lambda folder, batch, limit: calibration_batches(
-                folder, model_dir.preprocess, batch_size=batch, limit=limit),
+        return SessionSpec(
+            root=model_dir.path, what=self.what, input_size=model_dir.preprocess.input_size, options=self.config,
+            outputs=layout.ONNX_OUTPUTS, errors=ERRORS, onnx_file=layout.WEIGHTS_ONNX,
+            openvino_xml=layout.OPENVINO_XML,
+            torch_file=layout.WEIGHTS_PT, torch_module=torch_module, torch_requires=("torchvision",),
+            prepare=lambda crops: prepare_batch(crops, model_dir.preprocess), read=_read_crop, unit="crops",
             int8_candidate=int8_candidate, tensorrt_runtime=tensorrt_runtime,
         )
-        self.session: Session = (
-            open_session(runtime, spec) if fallback else session_class(runtime, what="classifier")(spec)
-        )
+
+    def _opened(self) -> None:
         module = getattr(self.session, "module", None)
-        width = self.session.output_widths[1] if len(self.session.output_widths) > 1 else None
-        self.embedding_dim: int | None = getattr(module, "embedding_dim", None) or width
-        if config.warmup:
-            self.warmup()
-        logger.info(
-            "loaded classifier %s with %s backend on %s (batch %s) in %.0f ms",
-            self.version, self.name, config.device, self.fixed_batch or f"<= {config.batch_size}",
-            (time.perf_counter() - started) * 1000,
-        )
-
-    @property
-    def name(self) -> str:
-        """The runtime that runs it (``"onnx"``, ``"openvino"``, ``"torch"``, ``"tensorrt"``)."""
-        return self.session.runtime
-
-    @property
-    def labels(self) -> list[str]:
-        """SKU codes; index = ``class_id``."""
-        return self.model_dir.labels
+        widths = self.session.output_widths
+        self.embedding_dim = getattr(module, "embedding_dim", None) or (widths[1] if len(widths) > 1 else None)
 
     @property
     def preprocess(self) -> Preprocess:
         """Input preparation of the model."""
         return self.model_dir.preprocess
-
-    @property
-    def precision(self) -> str:
-        """What runs: ``"fp32"``, or ``"int8"`` when OpenVINO loaded the INT8 model."""
-        return self.session.precision
-
-    @property
-    def fixed_batch(self) -> int | None:
-        """The model's static batch dimension, or None when it is dynamic."""
-        return self.session.fixed_batch
-
-    @property
-    def providers(self) -> list[str]:
-        """ONNX Runtime's execution providers, in order (empty on other runtimes)."""
-        return list(getattr(self.session, "providers", []))
-
-    @property
-    def engine_record(self) -> Any:
-        """TensorRT only: the engine cache entry the engine came from (None on other runtimes)."""
-        return getattr(self.session, "engine_record", None)
-
-    @property
-    def cache(self) -> Any:
-        """TensorRT only: the engine cache (None on other runtimes)."""
-        return getattr(self.session, "cache", None)
-
-    @property
-    def version(self) -> str:
-        """Short content hash of the weights (:attr:`classifier.model_dir.ModelDir.version`, hashed once)."""
-        return self.model_dir.version + ("-int8" if self.precision == "int8" else "")
-
-    @property
-    def chunk_size(self) -> int:
-        """Crops per network call: the model's fixed batch, else ``config.batch_size``."""
-        return self.session.chunk_size
 
     def _infer(self, batch: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         """Run the network: (B, 3, S, S) float32 -> ``(logits (B, C), embedding (B, D))`` float32."""
@@ -387,53 +287,21 @@ class ClassifierBackend:
         codes = [self.labels[i] if i != UNKNOWN_CLASS_ID else None for i in class_id.tolist()]
         return Classifications(class_id, codes, np.clip(confidence, 0.0, 1.0), embedding)
 
-    def close(self) -> None:
-        """Release the runtime session."""
-        self.session.close()
-
-    def __enter__(self) -> ClassifierBackend:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(version={self.version!r}, backend={self.name!r}, device={self.config.device!r})"
-
 
 def load(
-    model_dir: str | Path | ModelDir,
-    *,
-    backend: str = "onnx",
-    device: str = "cpu",
-    threads: int | None = None,
-    batch_size: int = 32,
-    min_confidence: float = 0.0,
-    warmup: bool = True,
-    openvino_precision: Literal["auto", "f32", "int8"] = "auto",
-    int8_max_drop_points: float = 1.0,
-    engine: RuntimeEngineOptions | None = None,
+    model_dir: str | Path | ModelDir, *, backend: str = "onnx", min_confidence: float = 0.0,
+    **runtime: Unpack[RuntimeArgs],
 ) -> ClassifierBackend:
     """Load a classifier model directory into a runtime.
 
     Args:
         model_dir: the model directory (or one already read).
         backend: a name in :data:`BACKENDS`.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` (OpenVINO: also ``"gpu"``, ``"npu"``, ``"auto"``).
-        threads: intra-op threads per process (None: the runtime's default). With several
-            worker processes on one machine, pass ``cores // processes``.
-        batch_size: crops per network call when the model's batch is dynamic; a model exported
-            with a fixed batch uses that batch instead.
         min_confidence: best-class probability below which a crop is unknown (0: never).
-        warmup: run one batch at load and check the outputs against ``labels.json``.
-        openvino_precision: ``"auto"`` (bf16 where the CPU has it), ``"f32"``, or ``"int8"``
-            (the directory's INT8 model when its recorded accuracy loss is within
-            ``int8_max_drop_points``, else FP32 with a warning); OpenVINO only.
-        int8_max_drop_points: accuracy margin of INT8 in percentage points
-            (:func:`shelftally.runtimes.int8.choose_int8`).
-        engine: TensorRT engine options (precision, cache, calibration); TensorRT only.
+        runtime: how it runs (:class:`shelftally.runtimes.RuntimeArgs`: device, threads,
+            batch_size (crops per call when the model's batch is dynamic, default 32; a model
+            exported with a fixed batch uses that), warmup, openvino_precision,
+            int8_max_drop_points, engine (the classifier's :class:`EngineOptions` defaults)).
 
     Returns:
         The loaded backend; call :meth:`ClassifierBackend.classify`. For ``"tensorrt"``, when
@@ -449,10 +317,6 @@ def load(
         MissingDependencyError: the runtime is not installed; the message names the pip extra.
     """
     resolve_runtime(backend, what="classifier", aliases=ALIASES)
-    config = BackendConfig(
-        device=device, threads=threads, batch_size=batch_size, min_confidence=min_confidence, warmup=warmup,
-        openvino_precision=openvino_precision,
-        int8_max_drop_points=int8_max_drop_points, engine=engine or EngineOptions(),
-    )
+    config = BackendConfig(min_confidence=min_confidence, **runtime)
     directory = model_dir if isinstance(model_dir, ModelDir) else read_model_dir(model_dir)
     return ClassifierBackend(directory, config, backend)

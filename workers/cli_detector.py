@@ -152,7 +152,7 @@ def evaluate_cmd(
 
 def print_int8_record(record: Any, max_drop_points: float, as_json: bool, setting: str) -> None:
     """Show an INT8 record: per evaluation set FP32, INT8 and the delta, and whether the gate accepts it."""
-    from shelftally.int8 import summarize
+    from shelftally.runtimes.int8 import summarize
 
     summary = summarize(record, max_drop_points)
     if as_json:

@@ -24,11 +24,11 @@ import logging
 import math
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Self, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -37,11 +37,13 @@ from shelftally.errors import ConfigurationError, EngineIncompatibleError, Missi
 
 __all__ = [
     "Batch",
+    "Closable",
     "EngineOptions",
     "ErrorKinds",
     "ModelLoadError",
     "Outputs",
     "Precision",
+    "RuntimeArgs",
     "RuntimeOptions",
     "Session",
     "SessionSpec",
@@ -188,6 +190,21 @@ class RuntimeOptions:
             raise ConfigurationError("; ".join(problems), reason="invalid_backend_config")
 
 
+class RuntimeArgs(TypedDict, total=False):
+    """The keyword arguments a model kind's ``load()`` takes for how it runs: :class:`RuntimeOptions`' fields.
+
+    Each is optional; one not given takes the model kind's default (its ``BackendConfig``).
+    """
+
+    device: str
+    threads: int | None
+    batch_size: int
+    warmup: bool
+    openvino_precision: Literal["auto", "f32", "int8"]
+    int8_max_drop_points: float
+    engine: EngineOptions
+
+
 @dataclass(frozen=True)
 class SessionSpec:
     """A model directory's network, described by its model kind for a session.
@@ -209,8 +226,11 @@ class SessionSpec:
             directory; its forward takes the batch and returns a tensor or a tuple whose tensors
             are the outputs in order.
         torch_requires: modules the torch runtime needs besides torch (named in the error).
-        calibration: TensorRT INT8 only: ``calibration(folder, batch_size, limit)`` yields
-            (batch_size, 3, S, S) float32 batches prepared exactly as at inference.
+        prepare: TensorRT INT8 calibration: the kind's preprocessing, a list of (h, w, 3) uint8
+            RGB pictures -> (B, 3, S, S) float32, exactly as at inference.
+        read: TensorRT INT8 calibration: decodes one file to (h, w, 3) uint8 RGB, or None when
+            it cannot (skipped with a warning); default OpenCV's ``imread``.
+        unit: what the kind's inputs are called in messages (``"pictures"``, ``"crops"``).
         tensorrt_runtime: TensorRT only: the runtime to use instead of opening one on
             ``options.device`` (:class:`shelftally.runtimes.tensorrt.TensorRTRuntime`; tests pass fakes).
     """
@@ -228,7 +248,9 @@ class SessionSpec:
     int8_candidate: str | None = None
     torch_module: Callable[[], Any] | None = None
     torch_requires: tuple[str, ...] = ()
-    calibration: Callable[[Path, int, int], Iterator[Batch]] | None = None
+    prepare: Callable[[list[npt.NDArray[np.uint8]]], Batch] | None = None
+    read: Callable[[Path], npt.NDArray[np.uint8] | None] | None = None
+    unit: str = "pictures"
     tensorrt_runtime: Any = None
 
     def file(self, name: str) -> Path:
@@ -248,7 +270,22 @@ class SessionSpec:
         return len(self.outputs) if self.outputs else 1
 
 
-class Session(ABC):
+class Closable:
+    """A resource released by :meth:`close`, also as a context manager (``with ... as x:``)."""
+
+    def close(self) -> None:
+        """Release the resource (the default does nothing)."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class Session(Closable, ABC):
     """One network file of a model directory, loaded into one runtime.
 
     A runtime is one subclass in one module, registered in :data:`shelftally.runtimes.RUNTIMES`;
@@ -318,17 +355,6 @@ class Session(ABC):
         """
         size = self.spec.input_size
         return self.run(np.full((self.chunk_size, 3, size, size), fill, np.float32))
-
-    def close(self) -> None:  # noqa: B027  (an optional hook, not abstract)
-        """Release the runtime's resources (the default does nothing)."""
-
-    def __enter__(self) -> Session:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec.root}, device={self.options.device!r})"

@@ -68,6 +68,7 @@ __all__ = [
     "TensorRTSession",
     "calibration_batches",
     "open_runtime",
+    "read_picture",
     "tensorrt_installed",
 ]
 
@@ -180,6 +181,14 @@ def _import_tensorrt_and_torch(what: str, errors: ErrorKinds) -> None:
         raise errors.missing(
             f"the tensorrt {what} backend uses torch.cuda for device buffers: pip install 'shelftally[train]'"
         ) from error
+
+
+def read_picture(path: Path) -> npt.NDArray[np.uint8] | None:
+    """A picture file as (h, w, 3) uint8 RGB (OpenCV ``imread``), or None when OpenCV cannot read it."""
+    import cv2
+
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    return None if bgr is None else np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), dtype=np.uint8)
 
 
 def calibration_batches(
@@ -527,9 +536,11 @@ class TensorRTSession(Session):
         cache_dir = options.cache_dir or spec.root / "engines"
         size = spec.input_size
         calibration: Callable[[], Iterator[npt.NDArray[np.float32]]] | None = None
-        if options.calibration_dir is not None and spec.calibration is not None:
-            calibration = functools.partial(spec.calibration, options.calibration_dir, options.calibration_batch,
-                                            options.calibration_images)
+        if options.calibration_dir is not None and spec.prepare is not None:
+            calibration = functools.partial(
+                calibration_batches, options.calibration_dir, spec.prepare, spec.read or read_picture,
+                batch_size=options.calibration_batch, limit=options.calibration_images, unit=spec.unit,
+            )
         build_spec = BuildSpec(
             onnx_path=onnx_path,
             precision=options.precision,

@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 
 import shelftally.runtimes.tensorrt as trt_backend
-from detector.backends import BackendConfig, DetectorBackend, EngineOptions, calibration_batches, load
+from detector.backends import BackendConfig, DetectorBackend, EngineOptions, load
 from detector.errors import EngineIncompatibleError, MissingDependencyError, ModelLoadError
 from detector.model_dir import Preprocess, read_model_dir
+from detector.preprocess import letterbox
 from shelftally.errors import ConfigurationError, EngineCacheError
 from shelftally.errors import EngineIncompatibleError as SharedEngineIncompatibleError
 from shelftally.files import sha256_file
@@ -332,7 +333,8 @@ def test_fake_runtime_int8_build_gets_letterboxed_calibration_batches(
 def test_calibration_needs_enough_pictures(tmp_path: Path) -> None:
     cv2.imwrite(str(tmp_path / "one.png"), np.zeros((32, 32, 3), np.uint8))
     with pytest.raises(ConfigurationError, match="at least 8"):
-        list(calibration_batches(tmp_path, Preprocess(input_size=64), batch_size=8, limit=100))
+        list(trt_backend.calibration_batches(tmp_path, lambda p: letterbox(p, Preprocess(input_size=64))[0],
+                                             trt_backend.read_picture, batch_size=8, limit=100))
 
 
 def test_type_stubs_alone_do_not_count_as_tensorrt(tiny_detector: Path) -> None:
