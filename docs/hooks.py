@@ -129,13 +129,19 @@ def _first_paragraph(docstring: str | None) -> str:
     return " ".join(docstring.strip().split("\n\n")[0].split())
 
 
-def settings_groups() -> list[SettingsGroup]:
+def settings_groups(settings_cls: type[BaseModel] | None = None) -> list[SettingsGroup]:
     """Every setting of :class:`workers.settings.Settings`, top level first, then each nested object.
+
+    Args:
+        settings_cls: the settings class to document (default ``workers.settings.Settings``).
 
     Raises:
         ValueError: a field has no description (so the page cannot silently lose one).
     """
-    from workers.settings import Settings
+    if settings_cls is None:
+        from workers.settings import Settings
+
+        settings_cls = Settings
 
     def leaves(model: type[BaseModel], path: str) -> list[SettingDoc]:
         docs = []
@@ -151,8 +157,8 @@ def settings_groups() -> list[SettingsGroup]:
             ))
         return docs
 
-    groups = [SettingsGroup("", "Process", _first_paragraph(Settings.__doc__), tuple(leaves(Settings, "")))]
-    for name, field in Settings.model_fields.items():
+    groups = [SettingsGroup("", "Process", _first_paragraph(settings_cls.__doc__), tuple(leaves(settings_cls, "")))]
+    for name, field in settings_cls.model_fields.items():
         nested = _nested_model(field)
         if nested is None:
             continue
