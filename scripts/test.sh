@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs ShelfTally with its dev tools into .venv, then runs the checks and the test suite:
-# ruff, mypy, import-linter (the package dependency rules) and pytest against real SQLite and
-# the PostgreSQL server on 127.0.0.1:5432 (trust auth, database "test").
+# ruff, mypy, import-linter (the package dependency rules), the docs site (mkdocs build --strict)
+# and pytest against real SQLite and the PostgreSQL server on 127.0.0.1:5432 (trust auth, database "test").
 set -euo pipefail
 source "$(dirname "$0")/_venv.sh"
 install_project "[dev]"
@@ -15,4 +15,7 @@ BIN="$ROOT/.venv/bin"
 echo "== ruff";          "$BIN/ruff" check .
 echo "== mypy";          "$BIN/mypy"
 echo "== import-linter"; "$BIN/lint-imports"
+# The documentation site; the settings and CLI pages are generated from the code (docs/hooks.py).
+# Not --quiet: with it, mkdocs 1.6 --strict no longer fails on warnings (a broken link passes).
+echo "== mkdocs";        NO_MKDOCS_2_WARNING=1 "$BIN/mkdocs" build --strict --site-dir "$ROOT/.site"
 echo "== pytest";        exec "$BIN/python" -m pytest "$@"

@@ -63,13 +63,20 @@ class AlertSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    channels: Annotated[list[AlertChannel], NoDecode] = Field(default_factory=lambda: list[AlertChannel](["log"]))
+    channels: Annotated[list[AlertChannel], NoDecode] = Field(
+        default_factory=lambda: list[AlertChannel](["log"]),
+        description="where alerts go: log and/or webhook, as log,webhook or a JSON list",
+    )
     webhook_url: SecretStr | None = Field(None, description="HTTP(S) URL; may carry credentials, so secret")
     webhook_secret: SecretStr | None = Field(None, description="HMAC-SHA256 key for X-ShelfTally-Signature")
-    webhook_timeout_s: float = Field(5.0, gt=0)
-    max_attempts: int = Field(5, ge=1)
-    backoff_s: float = Field(0.5, ge=0)
-    backoff_cap_s: float = Field(30.0, ge=0, lt=ALERT_CLAIM_TTL_S)
+    webhook_timeout_s: float = Field(5.0, gt=0, description="timeout of one webhook request")
+    max_attempts: int = Field(5, ge=1, description="delivery attempts of one alert before it is marked failed")
+    backoff_s: float = Field(
+        0.5, ge=0, description="base of the retry delay: min(backoff_cap_s, backoff_s * 2**(attempt-1))"
+    )
+    backoff_cap_s: float = Field(
+        30.0, ge=0, lt=ALERT_CLAIM_TTL_S, description="longest delay between two delivery attempts"
+    )
 
     @field_validator("channels", mode="before")
     @classmethod
@@ -100,9 +107,9 @@ class ModelSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    detector_dir: Path | None = None
-    classifier_dir: Path | None = None
-    backend: Literal["onnx", "openvino", "torch", "tensorrt"] = "onnx"
+    detector_dir: Path | None = Field(None, description="detector model directory used by scan and the workers")
+    classifier_dir: Path | None = Field(None, description="classifier model directory used by scan and the workers")
+    backend: Literal["onnx", "openvino", "torch", "tensorrt"] = Field("onnx", description="runtime of both models")
     threads: int | None = Field(None, ge=1, description="intra-op threads per model; None: the runtime's default")
     detector_confidence: float | None = Field(
         None, ge=0, le=1,
@@ -227,13 +234,25 @@ class Settings(BaseSettings):
         extra="ignore",
     )
 
-    database_url: str = "sqlite:///shelftally.db"
-    broker_url: str | None = None
-    models: ModelSettings = Field(default_factory=ModelSettings)
-    scan: ScanSettings = Field(default_factory=ScanSettings)
-    reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
-    alerts: AlertSettings = Field(default_factory=AlertSettings)
-    fleet: FleetSettings = Field(default_factory=FleetSettings)
+    database_url: str = Field(
+        "sqlite:///shelftally.db",
+        description="SQLAlchemy URL; production: postgresql+psycopg://user@host:5432/db",
+    )
+    broker_url: str | None = Field(
+        None, description="Celery broker URL (redis://127.0.0.1:6379/0); None runs everything in-process"
+    )
+    models: ModelSettings = Field(default_factory=ModelSettings, description="model directories and their runtime")
+    scan: ScanSettings = Field(
+        default_factory=ScanSettings, description="picture limits, evidence images, camera time zone"
+    )
+    reconcile: ReconcileSettings = Field(
+        default_factory=ReconcileSettings, description="tolerances and hysteresis"
+    )
+    alerts: AlertSettings = Field(default_factory=AlertSettings, description="alert channels and delivery")
+    fleet: FleetSettings = Field(
+        default_factory=FleetSettings,
+        description="Celery workers, the picture store, dead letters and metrics (with broker_url)",
+    )
 
     @classmethod
     def from_environment(cls, env_file: Path | None = Path(".env"), **overrides: Any) -> Settings:
