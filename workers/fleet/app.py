@@ -16,7 +16,7 @@ Delivery rules (set by :func:`configure` from :class:`workers.settings.FleetSett
 - Transient errors (database or Redis unreachable, a picture store that cannot be read, a soft
   time limit) are retried with exponential backoff capped at ``retry_backoff_max_s``; every
   other error is permanent: the message is parked in the dead-letter list at once. A corrupt
-  picture is not an error at all: it is a recorded rejection (:class:`workers.pipeline.ScanResult`).
+  picture is not an error at all: it is a recorded rejection (:class:`workers.scan.pipeline.ScanResult`).
 
 Process model: the parent process of a prefork worker never loads a model nor opens a database
 connection (ENVIRONMENT.md: a Celery parent that ran torch before forking can deadlock its
@@ -42,8 +42,8 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
     from workers.fleet.deadletter import DeadLetters
-    from workers.image_store import LocalImageStore
-    from workers.pipeline import ScanPipeline
+    from workers.fleet.image_store import LocalImageStore
+    from workers.scan.pipeline import ScanPipeline
     from workers.settings import Settings
 
 __all__ = ["QUEUES", "ROUTES", "WorkerContext", "app", "configure", "context", "settings"]
@@ -192,9 +192,9 @@ def context(*, with_models: bool = False) -> WorkerContext:
     from redis import Redis
 
     from inventory.db import create_engine, session_factory
-    from workers.cli_scan import build_pipeline
     from workers.fleet.deadletter import DeadLetters
-    from workers.image_store import LocalImageStore
+    from workers.fleet.image_store import LocalImageStore
+    from workers.scan.run import build_pipeline
 
     current = settings()
     if found is not None:  # the same process, now needing its models: keep its connections
