@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from workers.scan.pipeline import ScanPipeline
     from workers.settings import Settings
 
-__all__ = ["QUEUES", "ROUTES", "WorkerContext", "app", "configure", "context", "settings"]
+__all__ = ["QUEUES", "ROUTES", "TASK_MODULES", "WorkerContext", "app", "configure", "context", "settings"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,12 @@ ROUTES: dict[str, dict[str, str]] = {
     "shelftally.poll_cameras": {"queue": "ingest"},
 }
 
-app = Celery("shelftally", set_as_current=False)
+#: Modules that define the app's tasks. Celery imports them (``include``) when a worker starts and
+#: :func:`configure` imports them for producers; this module never imports them itself, so the
+#: task modules can import the app without an import cycle.
+TASK_MODULES = ("workers.fleet.tasks",)
+
+app = Celery("shelftally", set_as_current=False, include=list(TASK_MODULES))
 app.conf.update(
     task_serializer="json",
     accept_content=["json"],
@@ -134,7 +139,7 @@ def configure(settings: Settings, *, serves_vision: bool = True) -> Celery:
         _CONTEXT = None  # built for other settings
     _SETTINGS = settings
     _SERVES_VISION = serves_vision
-    import workers.fleet.tasks  # noqa: F401  (registers the tasks on app)
+    app.loader.import_default_modules()  # TASK_MODULES: registers the tasks on app
 
     return app
 
