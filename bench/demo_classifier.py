@@ -1,9 +1,9 @@
 """Benchmark: the demo's SKU classifier from random weights against a probe on pretrained features.
 
 Not a test; run on demand. ``shelftally demo`` trains its classifier on the product crops cut
-from its 160 synthetic shelves (:func:`workers.demo_vision.cut_demo_crops`). This script makes
-those crops once (the demo's own seeds and :class:`workers.demo_vision.DemoSize`), then trains
-the classifier with :func:`workers.demo_vision.train_demo_classifier` for each backbone:
+from its 160 synthetic shelves (:func:`workers.demo.vision.cut_demo_crops`). This script makes
+those crops once (the demo's own seeds and :class:`workers.demo.vision.DemoSize`), then trains
+the classifier with :func:`workers.demo.vision.train_demo_classifier` for each backbone:
 
 - ``mobilenet_v3_small``: fine-tuned from random weights (the demo without the ``pretrained`` extra);
 - ``efficientnet_lite0.imagenet``: a linear probe on ImageNet EfficientNet-Lite0 features (the
@@ -39,7 +39,7 @@ from bench._machine import cpu  # noqa: E402
 from classifier.backends import load  # noqa: E402
 from classifier.dataset import load_image  # noqa: E402
 from classifier.pretrained import available  # noqa: E402
-from workers.demo_vision import (  # noqa: E402
+from workers.demo.vision import (  # noqa: E402
     PRETRAINED_BACKBONE,
     SCRATCH_BACKBONE,
     DemoSize,

@@ -4,11 +4,11 @@ Not a test; run on demand (PostgreSQL on 127.0.0.1:5432 must run).
 
 Standard workload: ``--pictures`` synthetic 1280 x 960 shelf photos of the demo SKUs
 (:func:`detector.synth.generate_scene`, 80-120 products each, JPEG quality 90, written to
-files), the project's demo detector (YOLOv8n, :func:`workers.demo_vision.train_demo_models`,
+files), the project's demo detector (YOLOv8n, :func:`workers.demo.vision.train_demo_models`,
 trained once and cached in ``work/e2e-models``) run at 640 px, its classifier on every crop,
 PostgreSQL as the database. In one process, on the same files, one after the other:
 
-(a) **ShelfTally**: :meth:`workers.pipeline.ScanPipeline.scan_path` with the chosen runtime
+(a) **ShelfTally**: :meth:`workers.scan.pipeline.ScanPipeline.scan_path` with the chosen runtime
     (``--backend``, default OpenVINO), crops classified in batches, one transaction per picture
     (scan, detections and observations in bulk, reconcile).
 (b) **naive**, written the obvious way: ``YOLO(model.pt).predict(path, imgsz=640)``, the torch
@@ -69,7 +69,7 @@ from bench._database import drop_schema, fresh_schema  # noqa: E402
 from detector.synth import SceneConfig, generate_scene  # noqa: E402
 from inventory.db import create_engine, session_factory  # noqa: E402
 from inventory.models import Detection, Location, Observation, Scan, ScanStatus, Sku  # noqa: E402
-from workers.demo_vision import DEMO_SKUS, DemoSize, demo_packshots, train_demo_models  # noqa: E402
+from workers.demo.vision import DEMO_SKUS, DemoSize, demo_packshots, train_demo_models  # noqa: E402
 
 POSTGRES = os.environ.get("SHELFTALLY_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 LOCATION = "E2E-A01-S1"
@@ -169,7 +169,7 @@ def peak_rss_mib() -> float:
 def run_shelftally(paths: list[Path], detector: Path, classifier: Path, url: str, backend: str,
                    threads: int | None, precision: str = "fp32") -> dict[str, Any]:
     from inventory.reconcile import ReconcilePolicy
-    from workers.pipeline import PipelineConfig, ScanPipeline, load_models
+    from workers.scan.pipeline import PipelineConfig, ScanPipeline, load_models
 
     engine = create_engine(url)
     det, rec = load_models(detector, classifier, backend=backend, threads=threads,

@@ -1,4 +1,4 @@
-"""The CLI's consoles and its one way of reporting an error."""
+"""The consoles that commands print on (the CLI, the demo, scan reports) and the one way of reporting an error."""
 
 from __future__ import annotations
 

@@ -134,7 +134,7 @@ class ModelSettings(BaseModel):
 
 
 class ScanSettings(BaseModel):
-    """How pictures are scanned (:class:`workers.pipeline.PipelineConfig`)."""
+    """How pictures are scanned (:class:`workers.scan.pipeline.PipelineConfig`)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -1,6 +1,6 @@
 """Withheld verdicts (a camera that is not trusted to show an empty or thin shelf), on real SQLite
 and PostgreSQL: through :func:`inventory.reconcile.reconcile_scans` and through the third stage
-of the scan pipeline (:meth:`workers.pipeline.ScanPipeline.record`)."""
+of the scan pipeline (:meth:`workers.scan.pipeline.ScanPipeline.record`)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from inventory.reconcile import (
 from shelftally.errors import ConfigurationError
 from tests.conftest import at, count_rows, seed_shelf
 from workers.ingest import decode_image
-from workers.pipeline import AdmittedPicture, ObservedPicture, PipelineConfig, ScanPipeline
+from workers.scan.pipeline import AdmittedPicture, ObservedPicture, PipelineConfig, ScanPipeline
 
 K = DiscrepancyKind
 SHELF = "WH1-A01-B01-S1"

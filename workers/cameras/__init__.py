@@ -5,6 +5,10 @@ which must not initialise torch before forking). Every grab has a hard deadline 
 :class:`CameraError` with a machine-readable ``reason``; URLs appear in messages and logs only
 through :func:`shelftally.redact.mask_url`.
 
+Two modules of this package are not imported here: :mod:`workers.cameras.registry`, the camera
+registry in the database and the poller that grabs, decides and submits pictures, and
+:mod:`workers.cameras.metrics`, the cameras' Prometheus metrics.
+
 * :func:`grab_http`, :func:`grab_rtsp` -> :class:`Frame`; :class:`RtspReader` keeps the newest
   frame of a stream; :func:`ready_files` / :class:`FolderWatcher` take completed files of a folder.
 * :func:`next_state` / :func:`advance` track ONLINE / OFFLINE / STALE; :func:`decide` says

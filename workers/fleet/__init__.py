@@ -7,7 +7,7 @@ on GPU or CPU nodes and persistence next to the database::
     shelftally.vision   (queue ``vision``)  detect, crop, classify (models loaded once per process)
     shelftally.persist  (queue ``db``)      one transaction: scan, observations, reconcile, alerts
 
-Tasks carry a key into the picture store (:mod:`workers.image_store`), never pixels. Every
+Tasks carry a key into the picture store (:mod:`workers.fleet.image_store`), never pixels. Every
 task is acknowledged late and requeued when its worker dies; a picture is counted once however
 often its tasks run, because the scan row is unique on (picture sha256, location, capture time)
 and the capture time is fixed when the picture is enqueued. See :mod:`workers.fleet.app` for

@@ -16,7 +16,7 @@ Delivery rules (set by :func:`configure` from :class:`workers.settings.FleetSett
 - Transient errors (database or Redis unreachable, a picture store that cannot be read, a soft
   time limit) are retried with exponential backoff capped at ``retry_backoff_max_s``; every
   other error is permanent: the message is parked in the dead-letter list at once. A corrupt
-  picture is not an error at all: it is a recorded rejection (:class:`workers.pipeline.ScanResult`).
+  picture is not an error at all: it is a recorded rejection (:class:`workers.scan.pipeline.ScanResult`).
 
 Process model: the parent process of a prefork worker never loads a model nor opens a database
 connection (ENVIRONMENT.md: a Celery parent that ran torch before forking can deadlock its
@@ -42,11 +42,11 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
     from workers.fleet.deadletter import DeadLetters
-    from workers.image_store import LocalImageStore
-    from workers.pipeline import ScanPipeline
+    from workers.fleet.image_store import LocalImageStore
+    from workers.scan.pipeline import ScanPipeline
     from workers.settings import Settings
 
-__all__ = ["QUEUES", "ROUTES", "WorkerContext", "app", "configure", "context", "settings"]
+__all__ = ["QUEUES", "ROUTES", "TASK_MODULES", "WorkerContext", "app", "configure", "context", "settings"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,12 @@ ROUTES: dict[str, dict[str, str]] = {
     "shelftally.poll_cameras": {"queue": "ingest"},
 }
 
-app = Celery("shelftally", set_as_current=False)
+#: Modules that define the app's tasks. Celery imports them (``include``) when a worker starts and
+#: :func:`configure` imports them for producers; this module never imports them itself, so the
+#: task modules can import the app without an import cycle.
+TASK_MODULES = ("workers.fleet.tasks",)
+
+app = Celery("shelftally", set_as_current=False, include=list(TASK_MODULES))
 app.conf.update(
     task_serializer="json",
     accept_content=["json"],
@@ -134,7 +139,7 @@ def configure(settings: Settings, *, serves_vision: bool = True) -> Celery:
         _CONTEXT = None  # built for other settings
     _SETTINGS = settings
     _SERVES_VISION = serves_vision
-    import workers.fleet.tasks  # noqa: F401  (registers the tasks on app)
+    app.loader.import_default_modules()  # TASK_MODULES: registers the tasks on app
 
     return app
 
@@ -192,9 +197,9 @@ def context(*, with_models: bool = False) -> WorkerContext:
     from redis import Redis
 
     from inventory.db import create_engine, session_factory
-    from workers.cli_scan import build_pipeline
     from workers.fleet.deadletter import DeadLetters
-    from workers.image_store import LocalImageStore
+    from workers.fleet.image_store import LocalImageStore
+    from workers.scan.run import build_pipeline
 
     current = settings()
     if found is not None:  # the same process, now needing its models: keep its connections

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client import multiprocess as _multiprocess
+
+# The camera metrics live with the camera poller that records them; listed (and served) here with the rest.
+from workers.cameras.metrics import CAMERA_STATE, FRAMES_DROPPED, FRAMES_UNCHANGED
 
 __all__ = [
     "CAMERA_STATE",
@@ -40,12 +43,6 @@ SCANS = Counter("shelftally_scans_total", "Pictures finished, by status (process
                 ["status"])
 PICTURES_REJECTED = Counter("shelftally_pictures_rejected_total", "Pictures rejected, by machine-readable reason",
                             ["reason"])
-FRAMES_DROPPED = Counter("shelftally_frames_dropped_total", "Camera frames overwritten before any poll took them",
-                         ["camera"])
-FRAMES_UNCHANGED = Counter("shelftally_frames_unchanged_total", "Camera frames not scanned: same picture as the "
-                           "last scanned one (same bytes, or no scene change)", ["camera"])
-CAMERA_STATE = Gauge("shelftally_camera_state", "1 for the camera's current state (online, offline, stale), "
-                     "0 for the others", ["camera", "state"], multiprocess_mode="mostrecent")
 
 
 def serve(port: int, address: str = "127.0.0.1") -> None:

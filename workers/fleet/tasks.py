@@ -6,8 +6,8 @@ redelivered task may send its successor twice, which is harmless: vision is a pu
 the picture, and persistence records a picture once (unique scan key, fixed capture time).
 
 Messages are JSON. A picture travels as its key in the picture store; the admitted picture
-(:class:`workers.pipeline.AdmittedPicture`) and the observed boxes
-(:class:`workers.pipeline.ObservedPicture`) travel as plain dictionaries.
+(:class:`workers.scan.pipeline.AdmittedPicture`) and the observed boxes
+(:class:`workers.scan.pipeline.ObservedPicture`) travel as plain dictionaries.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from shelftally.errors import ShelfTallyError
 from workers.fleet import metrics
 from workers.fleet.app import app, context
 from workers.fleet.deadletter import DeadLetter
-from workers.image_store import ImageStoreError
+from workers.fleet.image_store import ImageStoreError
 from workers.ingest import decode_image
-from workers.pipeline import AdmittedPicture, ObservedPicture, ScanResult
+from workers.scan.pipeline import AdmittedPicture, ObservedPicture, ScanResult
 
 __all__ = [
     "enqueue_path", "enqueue_picture", "ingest", "is_transient", "persist", "poll_camera", "poll_cameras", "vision",
@@ -278,7 +278,7 @@ def poll_camera(self: StageTask, camera_code: str) -> dict[str, Any]:
     """
     from dataclasses import asdict
 
-    from workers.camera_registry import CameraPoller
+    from workers.cameras.registry import CameraPoller
 
     report = CameraPoller(context().factory, enqueue_picture).poll(camera_code)
     return asdict(report)
@@ -292,7 +292,7 @@ def poll_cameras(self: StageTask) -> list[str]:
         The camera codes polled.
     """
     from inventory.db import run_in_transaction
-    from workers.camera_registry import due_cameras
+    from workers.cameras.registry import due_cameras
 
     now = datetime.now(UTC)
     codes = run_in_transaction(context().factory, lambda session: due_cameras(session, now))

@@ -24,7 +24,7 @@ from tests.workers.cameras.conftest import (
     shelf,
     without_one_product,
 )
-from workers.camera_registry import CameraPoller, add_camera, close_readers, due_cameras, list_cameras, remove_camera
+from workers.cameras.registry import CameraPoller, add_camera, close_readers, due_cameras, list_cameras, remove_camera
 
 SHELF = "WH1-A01-B01-S1"
 

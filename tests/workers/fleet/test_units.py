@@ -25,8 +25,8 @@ from inventory.errors import DatabaseUnavailableError
 from shelftally.errors import ConfigurationError, InvalidImageError
 from tests.workers.fleet.conftest import redis_or_fail
 from workers.fleet.deadletter import COUNTER_TTL_S, DeadLetter, DeadLetterError, DeadLetters
-from workers.image_store import ImageStoreError
-from workers.pipeline import AdmittedPicture, ObservedBox, ObservedPicture
+from workers.fleet.image_store import ImageStoreError
+from workers.scan.pipeline import AdmittedPicture, ObservedBox, ObservedPicture
 from workers.settings import FleetSettings, Settings
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -363,7 +363,7 @@ def test_corrupt_letter(dead: DeadLetters, redis_client: Any, value: str) -> Non
 
 
 def test_celery_side_imports_no_torch() -> None:
-    code = ("import sys, workers.fleet.app, workers.fleet.tasks, workers.cameras, workers.camera_registry; "
+    code = ("import sys, workers.fleet.app, workers.fleet.tasks, workers.cameras, workers.cameras.registry; "
             "print(sorted(m for m in ('torch','ultralytics') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                             check=False)

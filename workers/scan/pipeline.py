@@ -69,9 +69,9 @@ from inventory.reconcile import (
     record_scans,
 )
 from shelftally.errors import ConfigurationError, InvalidImageError, ShelfTallyError
-from workers.evidence import EvidenceItem, draw_evidence, evidence_path, write_evidence
 from workers.ingest import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DecodedImage, decode_image
-from workers.locate import LocationError, location_code_from_labels, read_labels
+from workers.scan.evidence import EvidenceItem, draw_evidence, evidence_path, write_evidence
+from workers.scan.locate import LocationError, location_code_from_labels, read_labels
 
 __all__ = [
     "AdmittedPicture",
@@ -104,7 +104,7 @@ class PipelineConfig:
             (``file_too_large``) without being read.
         min_box_px: boxes narrower or lower than this, in pixels, are dropped as degenerate.
         evidence_dir: where evidence images go (``<dir>/<location>/scan-<id>.jpg``); None: none.
-        location_prefix: payload prefix of ShelfTally location labels (:mod:`workers.locate`).
+        location_prefix: payload prefix of ShelfTally location labels (:mod:`workers.scan.locate`).
         camera_timezone: zone of EXIF capture times that carry no offset; None: the machine's
             local zone.
         channels: alert channels written to the outbox by reconciliation.

@@ -416,7 +416,7 @@ _DROPPED_SEEN: dict[str, int] = {}
 
 
 def _count_dropped(camera_code: str, reader: RtspReader) -> None:
-    from workers.fleet.metrics import FRAMES_DROPPED
+    from workers.cameras.metrics import FRAMES_DROPPED
 
     seen = _DROPPED_SEEN.get(camera_code, 0)
     if reader.frames_dropped > seen:
@@ -425,13 +425,13 @@ def _count_dropped(camera_code: str, reader: RtspReader) -> None:
 
 
 def _count_unchanged(camera_code: str) -> None:
-    from workers.fleet.metrics import FRAMES_UNCHANGED
+    from workers.cameras.metrics import FRAMES_UNCHANGED
 
     FRAMES_UNCHANGED.labels(camera_code).inc()
 
 
 def _observe_state(camera_code: str, state: CameraState) -> None:
-    from workers.fleet.metrics import CAMERA_STATE
+    from workers.cameras.metrics import CAMERA_STATE
 
     for each in CameraState:
         CAMERA_STATE.labels(camera_code, each.value).set(1 if each is state else 0)

@@ -11,7 +11,7 @@ import numpy.typing as npt
 import pytest
 
 from inventory.models import DiscrepancyKind
-from workers.evidence import (
+from workers.scan.evidence import (
     DISCREPANCY_COLOURS,
     UNKNOWN_COLOUR,
     EvidenceItem,

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from workers.cli import app
-from workers.demo import sample_path
+from workers.demo.counts import sample_path
 
 runner = CliRunner()
 

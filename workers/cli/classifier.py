@@ -258,7 +258,7 @@ def quantize_cmd(
     """
     from classifier.dataset import read_grocery_store, read_image_folder, read_list_file
     from classifier.quantize import quantize_classifier
-    from workers.cli_detector import print_int8_record
+    from workers.cli.detector import print_int8_record
     from workers.settings import Settings
 
     if fmt not in _FORMATS:

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 from classifier.errors import ModelLoadError
 from inventory.db import create_engine, session_factory
 from inventory.models import Alert, DeliveryStatus, Discrepancy, DiscrepancyStatus, Scan
-from workers import demo_vision
 from workers.cli import app
-from workers.demo_vision import SHELVES, DemoSize, demo_packshots, run_vision_demo, train_demo_models
+from workers.demo import vision as demo_vision
+from workers.demo.vision import SHELVES, DemoSize, demo_packshots, run_vision_demo, train_demo_models
 from workers.settings import Settings
 
 

@@ -20,7 +20,7 @@ four 90-degree orientations, and writes them too.
 
 Example:
     >>> from workers.ingest import read_image
-    >>> from workers.locate import location_code_from_labels, read_labels
+    >>> from workers.scan.locate import location_code_from_labels, read_labels
     >>> labels = read_labels(read_image("shelf.jpg").pixels)  # doctest: +SKIP
     >>> location_code_from_labels(labels, known_codes={"WH1-A01", "WH1-A02"})  # doctest: +SKIP
     'WH1-A01'

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.image_store import ImageStoreError, LocalImageStore, image_key
+from workers.fleet.image_store import ImageStoreError, LocalImageStore, image_key
 
 PICTURE = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 40
 

@@ -1,7 +1,7 @@
 """``shelftally demo --counts-only``: the inventory half of the demo, without models or photos.
 
 Runs on the embedded default (a SQLite file, everything in-process) with nothing outside the
-repository, in under a second (the photo demo is :mod:`workers.demo_vision`). The counts come
+repository, in under a second (the photo demo is :mod:`workers.demo.vision`). The counts come
 from the shipped cycle count file
 ``workers/sample_data/counts.csv`` (two rounds, an hour apart, with deliberate errors in the
 book: a shortage, an empty slot, an overage, a misplaced SKU, unrecognised products, and a
@@ -26,7 +26,7 @@ from inventory.db import create_engine, run_in_transaction, session_factory
 from inventory.imports import import_locations, import_skus, import_stock
 from inventory.reconcile import ReconcileOutcome
 from inventory.sinks import LogSink, deliver_pending
-from workers.report import print_counts, print_discrepancies
+from workers.scan.report import print_counts, print_discrepancies
 from workers.settings import Settings
 
 SAMPLE_FILES = ("skus.csv", "locations.csv", "stock.csv")

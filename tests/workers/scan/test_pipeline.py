@@ -19,8 +19,8 @@ from inventory.models import Alert, Detection, Discrepancy, DiscrepancyKind, Obs
 from inventory.reconcile import ReconcilePolicy
 from tests.conftest import count_rows
 from tests.workers.conftest import SHELF, encode, toy_scene
-from workers.locate import location_label_image
-from workers.pipeline import PipelineConfig, ScanPipeline, crop_boxes, load_models
+from workers.scan.locate import location_label_image
+from workers.scan.pipeline import PipelineConfig, ScanPipeline, crop_boxes, load_models
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 GOOD_SEEDS = (1, 2, 3, 4)  # toy pictures the tiny detector and classifier count exactly (checked below)
@@ -360,7 +360,7 @@ def test_int8_needs_openvino_and_falls_back_to_fp32_without_an_int8_model(
 
 
 def test_a_location_label_card_is_not_a_product_but_a_product_with_its_barcode_is() -> None:
-    from workers.pipeline import _without_labels
+    from workers.scan.pipeline import _without_labels
 
     code = (50.0, 900.0, 190.0, 1040.0)  # a read QR code, 140 x 140 px
     boxes = np.array([

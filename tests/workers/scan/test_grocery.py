@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from tests.detector.conftest import TOY_COLOURS
 from tests.workers.conftest import SKU_OF_CLASS
 from workers.cli import app
-from workers.grocery import evaluate_grocery
-from workers.pipeline import load_models
+from workers.scan.grocery import evaluate_grocery
+from workers.scan.pipeline import load_models
 
 
 def held_up(rng: np.random.Generator, cls: int) -> np.ndarray:

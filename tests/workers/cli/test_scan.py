@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from tests.workers.conftest import SHELF, encode, toy_scene
 from workers.cli import app
-from workers.cli_scan import collect_pictures
+from workers.scan.run import collect_pictures
 
 GOOD_SEEDS = (1, 2, 3)
 

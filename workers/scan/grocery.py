@@ -32,7 +32,7 @@ from classifier.recognize import Recognizer
 from detector.backends import DetectorBackend
 from detector.tiling import detect
 from workers.ingest import read_image
-from workers.pipeline import crop_boxes
+from workers.scan.pipeline import crop_boxes
 
 __all__ = ["GroceryReport", "PictureResult", "evaluate_grocery"]
 

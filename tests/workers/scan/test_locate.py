@@ -1,7 +1,7 @@
-"""``workers.locate``: a location label's QR code in a shelf photo names the scan's location.
+"""``workers.scan.locate``: a location label's QR code in a shelf photo names the scan's location.
 
 Shelves are drawn here (random coloured boxes on noise, 1280 x 960), labels are rendered by
-:func:`workers.locate.location_label_image` and pasted, shrunk like a photo would (area
+:func:`workers.scan.locate.location_label_image` and pasted, shrunk like a photo would (area
 averaging), at several sizes, positions and rotations; product barcodes are written with
 zxing-cpp. One real photo from ``../shared/data/grocerystore`` checks that a picture without a
 label names no location.
@@ -19,9 +19,9 @@ import pytest
 import zxingcpp
 
 from shelftally.errors import ShelfTallyError
-from workers import locate
 from workers.ingest import decode_image, read_image
-from workers.locate import (
+from workers.scan import locate
+from workers.scan.locate import (
     AmbiguousLocationError,
     LocationError,
     LocationLabel,
@@ -32,7 +32,7 @@ from workers.locate import (
     read_labels,
 )
 
-GROCERY_VAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "grocerystore" / "dataset" / "val"
+GROCERY_VAL = Path(__file__).resolve().parents[4] / "shared" / "data" / "grocerystore" / "dataset" / "val"
 GTIN = "4006381333931"  # a valid EAN-13 (check digit 1)
 
 Box = tuple[float, float, float, float]

@@ -19,7 +19,7 @@ Nothing outside the repository is used and nothing is downloaded:
    themselves. The book is what the generator put on each shelf, with deliberate errors: a
    shortage and an empty slot on shelf 1, an overage and a misplaced product on shelf 2;
    shelf 3 agrees with the book.
-5. **Scan.** Every photo goes through :class:`workers.pipeline.ScanPipeline` (decode, locate,
+5. **Scan.** Every photo goes through :class:`workers.scan.pipeline.ScanPipeline` (decode, locate,
    detect, crop, classify, persist, reconcile, evidence image); then the discrepancy report is
    printed with the evidence images' paths.
 
@@ -64,11 +64,11 @@ from inventory.db import create_engine, run_in_transaction, session_factory
 from inventory.models import FacingRule, Location, LocationLevel, Sku, StockLevel
 from inventory.reconcile import ReconcilePolicy
 from inventory.sinks import LogSink, deliver_pending
-from workers.cli_scan import ScanRun, print_run
 from workers.ingest import read_image
-from workers.locate import location_label_image
-from workers.pipeline import PipelineConfig, ScanPipeline, load_models
-from workers.report import print_counts
+from workers.scan.locate import location_label_image
+from workers.scan.pipeline import PipelineConfig, ScanPipeline, load_models
+from workers.scan.report import print_counts, print_run
+from workers.scan.run import ScanRun
 from workers.settings import Settings
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ PRETRAINED_BACKBONE = "efficientnet_lite0.imagenet"
 #: The demo classifier's backbone without the ``pretrained`` extra, trained from random weights.
 SCRATCH_BACKBONE = "mobilenet_v3_small"
 #: The product detector committed to the repository (README, "Starter models").
-SHIPPED_DETECTOR = Path(__file__).resolve().parents[1] / "models" / "product-agnostic"
+SHIPPED_DETECTOR = Path(__file__).resolve().parents[2] / "models" / "product-agnostic"
 
 
 @dataclass(frozen=True)

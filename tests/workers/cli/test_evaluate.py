@@ -18,7 +18,7 @@ from classifier.model_dir import read_model_dir
 from classifier.recognize import Recognizer
 from workers.cli import app
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SHIPPED = ROOT / "models" / "classifier-grocery"
 GROCERY = ROOT.parent / "shared" / "data" / "grocerystore"
 CLASSES = ("Granny-Smith", "Banana", "Oatly-Oat-Milk")
