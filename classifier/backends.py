@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Unpack
 
@@ -50,6 +50,7 @@ from classifier.preprocess import check_crops, prepare_batch
 from classifier.types import UNKNOWN_CLASS_ID, Classifications
 from shelftally.runtimes import RUNTIMES, ErrorKinds, LoadedModel, RuntimeArgs, RuntimeOptions, SessionSpec
 from shelftally.runtimes import EngineOptions as RuntimeEngineOptions
+from shelftally.runtimes.base import split_engine
 from shelftally.runtimes.registry import resolve_runtime
 
 __all__ = [
@@ -317,6 +318,9 @@ def load(
         MissingDependencyError: the runtime is not installed; the message names the pip extra.
     """
     resolve_runtime(backend, what="classifier", aliases=ALIASES)
-    config = BackendConfig(min_confidence=min_confidence, **runtime)
+    options, engine = split_engine(runtime)
+    config = BackendConfig(min_confidence=min_confidence, **options)
+    if engine is not None:
+        config = replace(config, engine=engine)
     directory = model_dir if isinstance(model_dir, ModelDir) else read_model_dir(model_dir)
     return ClassifierBackend(directory, config, backend)

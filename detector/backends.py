@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import pickle
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Unpack
 
@@ -62,6 +62,7 @@ from shelftally.runtimes import (
     SessionSpec,
     threads_per_process,
 )
+from shelftally.runtimes.base import split_engine
 from shelftally.runtimes.devices import parse_cuda_device
 from shelftally.runtimes.registry import resolve_runtime
 
@@ -264,8 +265,11 @@ def load(
     """
     resolve_runtime(backend, what="detector", aliases=ALIASES)  # before the directory is read
     directory = model_dir if isinstance(model_dir, ModelDir) else read_model_dir(model_dir)
+    options, engine = split_engine(runtime)
     config = BackendConfig(
         conf=directory.confidence if conf is None else conf, iou=iou,
-        max_det=(directory.max_det or DEFAULT_MAX_DET) if max_det is None else max_det, **runtime,
+        max_det=(directory.max_det or DEFAULT_MAX_DET) if max_det is None else max_det, **options,
     )
+    if engine is not None:
+        config = replace(config, engine=engine)
     return DetectorBackend(directory, config, backend)

@@ -103,3 +103,20 @@ def test_runtime_options_name_every_problem_at_once() -> None:
     assert caught.value.reason == "invalid_backend_config"
     for field in ("batch_size", "threads", "openvino_precision", "int8_max_drop_points"):
         assert field in message
+
+
+def test_load_takes_the_runtime_options_and_engine_none_means_the_kinds_default() -> None:
+    from classifier.backends import EngineOptions as ClassifierEngineOptions
+    from classifier.backends import load as load_classifier
+    from detector.backends import load as load_detector
+    from shelftally.runtimes import EngineOptions
+
+    models = ROOT / "models"
+    with load_detector(models / "product-agnostic", engine=None, threads=1, batch_size=2, warmup=False) as detector:
+        assert detector.config.engine == EngineOptions() and detector.chunk_size == 2
+    with load_classifier(models / "classifier-grocery", engine=None, threads=1, warmup=False) as classifier:
+        assert classifier.config.engine == ClassifierEngineOptions() and classifier.config.batch_size == 32
+        assert classifier.config.engine.calibration_batch == 32 and classifier.embedding_dim
+    chosen = EngineOptions(precision="fp32")
+    with load_classifier(models / "classifier-grocery", engine=chosen, threads=1, warmup=False) as classifier:
+        assert classifier.config.engine is chosen

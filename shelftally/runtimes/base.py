@@ -43,10 +43,12 @@ __all__ = [
     "ModelLoadError",
     "Outputs",
     "Precision",
+    "RunArgs",
     "RuntimeArgs",
     "RuntimeOptions",
     "Session",
     "SessionSpec",
+    "split_engine",
     "threads_per_process",
 ]
 
@@ -190,11 +192,8 @@ class RuntimeOptions:
             raise ConfigurationError("; ".join(problems), reason="invalid_backend_config")
 
 
-class RuntimeArgs(TypedDict, total=False):
-    """The keyword arguments a model kind's ``load()`` takes for how it runs: :class:`RuntimeOptions`' fields.
-
-    Each is optional; one not given takes the model kind's default (its ``BackendConfig``).
-    """
+class RunArgs(TypedDict, total=False):
+    """:class:`RuntimeArgs` but the TensorRT engine options."""
 
     device: str
     threads: int | None
@@ -202,7 +201,23 @@ class RuntimeArgs(TypedDict, total=False):
     warmup: bool
     openvino_precision: Literal["auto", "f32", "int8"]
     int8_max_drop_points: float
-    engine: EngineOptions
+
+
+class RuntimeArgs(RunArgs, total=False):
+    """The keyword arguments a model kind's ``load()`` takes for how it runs: :class:`RuntimeOptions`' fields.
+
+    Each is optional; one not given takes the model kind's default (its ``BackendConfig``), and
+    so does ``engine=None`` (:func:`split_engine`).
+    """
+
+    engine: EngineOptions | None
+
+
+def split_engine(runtime: RuntimeArgs) -> tuple[RunArgs, EngineOptions | None]:
+    """``runtime`` without its ``engine``, and the engine options given (None: not given, or None)."""
+    engine = runtime.get("engine")
+    rest: RunArgs = {key: value for key, value in runtime.items() if key != "engine"}  # type: ignore[assignment]
+    return rest, engine
 
 
 @dataclass(frozen=True)
