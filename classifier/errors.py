@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from shelftally.errors import EngineIncompatibleError as _EngineIncompatibleError
 from shelftally.errors import MissingDependencyError, ShelfTallyError
+from shelftally.errors import ModelLoadError as _ModelLoadError
 
 __all__ = [
     "AccuracyGateError",
@@ -25,8 +26,10 @@ class ClassifierError(ShelfTallyError):
     reason = "classifier_error"
 
 
-class ModelLoadError(ClassifierError):
+class ModelLoadError(ClassifierError, _ModelLoadError):
     """A classifier model directory, weights file or exported graph cannot be used.
+
+    Also a :class:`shelftally.errors.ModelLoadError`, as every model kind's load error is.
 
     Reasons: ``model_dir_missing``, ``model_file_missing``, ``model_file_unreadable``,
     ``invalid_labels``, ``invalid_preprocess``, ``invalid_architecture``, ``invalid_model``

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from shelftally.errors import EngineIncompatibleError as _EngineIncompatibleError
 from shelftally.errors import MissingDependencyError, ShelfTallyError
+from shelftally.errors import ModelLoadError as _ModelLoadError
 
 __all__ = [
     "DatasetError",
@@ -20,8 +21,11 @@ class DetectorError(ShelfTallyError):
     reason = "detector_error"
 
 
-class ModelLoadError(DetectorError):
-    """A model directory is missing files, or a file in it cannot be read by the backend."""
+class ModelLoadError(DetectorError, _ModelLoadError):
+    """A model directory is missing files, or a file in it cannot be read by the backend.
+
+    Also a :class:`shelftally.errors.ModelLoadError`, as every model kind's load error is.
+    """
 
     reason = "model_load_failed"
 

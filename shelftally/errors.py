@@ -34,6 +34,16 @@ class ConfigurationError(ShelfTallyError):
     reason = "invalid_configuration"
 
 
+class ModelLoadError(ShelfTallyError):
+    """A model file is missing, or a runtime cannot use it (:mod:`shelftally.runtimes` raises it).
+
+    ``detector.errors.ModelLoadError`` and ``classifier.errors.ModelLoadError`` derive from it, so
+    ``except shelftally.errors.ModelLoadError`` catches a load failure of any model kind.
+    """
+
+    reason = "model_load_failed"
+
+
 class MissingDependencyError(ShelfTallyError):
     """An optional runtime is not installed; the message names the pip extra that provides it."""
 

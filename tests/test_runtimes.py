@@ -120,3 +120,29 @@ def test_load_takes_the_runtime_options_and_engine_none_means_the_kinds_default(
     chosen = EngineOptions(precision="fp32")
     with load_classifier(models / "classifier-grocery", engine=chosen, threads=1, warmup=False) as classifier:
         assert classifier.config.engine is chosen
+
+
+def test_an_openvino_device_this_machine_lacks_is_a_device_error_not_a_broken_model(tiny_detector: Path) -> None:
+    pytest.importorskip("openvino")
+    from detector.backends import load
+
+    with pytest.raises(ConfigurationError) as caught:
+        load(tiny_detector, backend="openvino", device="tpu", warmup=False)
+    assert caught.value.reason == "invalid_device" and "available" in str(caught.value)
+    with load(tiny_detector, backend="openvino", device="auto", threads=1, warmup=False) as detector:
+        assert detector.name == "openvino"
+
+
+def test_a_missing_openvino_ir_names_the_command_that_makes_it(tmp_path: Path) -> None:
+    pytest.importorskip("openvino")
+    import shutil
+
+    from classifier.backends import load
+    from shelftally.errors import ModelLoadError as AnyModelLoadError
+
+    folder = tmp_path / "classifier"
+    shutil.copytree(ROOT / "models" / "classifier-grocery", folder)
+    with pytest.raises(AnyModelLoadError) as caught:  # the shared base catches every kind's load error
+        load(folder, backend="openvino")
+    assert caught.value.reason == "model_file_missing"
+    assert f"shelftally classifier export {folder} --format openvino" in str(caught.value)

@@ -33,7 +33,13 @@ from typing import Any, ClassVar, Literal, Self, TypedDict
 import numpy as np
 import numpy.typing as npt
 
-from shelftally.errors import ConfigurationError, EngineIncompatibleError, MissingDependencyError, ShelfTallyError
+from shelftally.errors import (
+    ConfigurationError,
+    EngineIncompatibleError,
+    MissingDependencyError,
+    ModelLoadError,
+    ShelfTallyError,
+)
 
 __all__ = [
     "Batch",
@@ -57,12 +63,6 @@ logger = logging.getLogger(__name__)
 Precision = Literal["fp32", "fp16", "int8"]
 Batch = npt.NDArray[np.float32]
 Outputs = tuple[npt.NDArray[np.float32], ...]
-
-
-class ModelLoadError(ShelfTallyError):
-    """A model file is missing or a runtime cannot use it (the default :attr:`ErrorKinds.load`)."""
-
-    reason = "model_load_failed"
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,27 @@ def _device_name(device: str) -> str:
     return name.upper()
 
 
+VIRTUAL_DEVICES = frozenset({"AUTO", "MULTI", "HETERO", "BATCH"})
+"""OpenVINO's devices that choose among or combine the real ones (``"AUTO:GPU,CPU"``)."""
+
+
+def _check_available(device: str, available: list[str]) -> None:
+    """Refuse a device this machine's OpenVINO does not have (before any file is read).
+
+    Raises:
+        ConfigurationError: reason ``invalid_device``; the message lists the available devices.
+    """
+    base = device.split(":", 1)[0].split(".", 1)[0]
+    if base in VIRTUAL_DEVICES:
+        return
+    if device not in available and not any(name.split(".", 1)[0] == base for name in available):
+        raise ConfigurationError(
+            f"openvino backend: device {device!r} is not available here; OpenVINO has {', '.join(available)} "
+            "(or AUTO)",
+            reason="invalid_device",
+        )
+
+
 def check_source(spec: SessionSpec) -> None:
     """Refuse an IR converted from other weights than the directory's current ``model.onnx``.
 
@@ -89,7 +110,12 @@ class OpenVinoSession(Session):
         spec = self.spec
         if spec.int8_candidate is not None:
             return spec.file(spec.int8_candidate), "int8"
-        spec.file(spec.openvino_xml)
+        if not (spec.root / spec.openvino_xml).is_file():
+            raise spec.errors.load(
+                f"model directory {spec.root} has no {spec.openvino_xml}; convert its model.onnx with "
+                f"`shelftally {spec.what} export {spec.root} --format openvino`",
+                reason="model_file_missing",
+            )
         path, precision = openvino_model_path(
             spec.root, spec.openvino_xml, precision=self.options.openvino_precision,
             max_drop_points=self.options.int8_max_drop_points, what=spec.what,
@@ -102,15 +128,16 @@ class OpenVinoSession(Session):
         spec = self.spec
         ov = import_runtime("openvino", extra="openvino", purpose=f"the openvino {spec.what} backend",
                             error=spec.errors.missing)
-        path, self.precision = self._model_path()
         device = _device_name(self.options.device)
+        core = ov.Core()
+        _check_available(device, list(core.available_devices))
+        path, self.precision = self._model_path()
         config: dict[str, str | int] = {"PERFORMANCE_HINT": "LATENCY"}
         if self.options.threads:
             config["INFERENCE_NUM_THREADS"] = self.options.threads
         if device == "CPU" and self.options.openvino_precision in ("f32", "int8"):
             # int8: what stays unquantised runs FP32, as when its accuracy was recorded (and so does the fallback)
             config["INFERENCE_PRECISION_HINT"] = "f32"
-        core = ov.Core()
         try:
             model = core.read_model(str(path))
             partial = model.input(0).get_partial_shape()

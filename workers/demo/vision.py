@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -455,16 +456,28 @@ def run_vision_demo(
         print_counts(queries.counts(session, location_prefix="DEMO-"), console)
     engine.dispose()
     env_file = write_demo_env(workdir, database, detector_dir, classifier_dir, policy)
+    cli = _cli_command()
     console.print(
         f"\ndemo finished in {time.perf_counter() - started:.0f} s. Evidence images: {workdir / 'evidence'}; "
         f"database: {database}\nThe demo's settings (database, models, tolerances) are in {env_file}. "
-        f"Explore it, or scan another photo with them:\n"
+        f"Explore it, or scan a photo again as a new count of its shelf (a new capture time; the same "
+        f"picture at the same time is 'already scanned'):\n"
         f"  set -a; . {env_file}; set +a\n"
-        f"  shelftally discrepancies\n"
-        f"  shelftally scan {photos[0][0]} --location {SHELVES[0][0]}",
+        f"  {cli} discrepancies\n"
+        f"  {cli} scan {photos[0][0]} --location {SHELVES[0][0]} --captured-at \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\"",
         highlight=False, soft_wrap=True,
     )
     return database, run
+
+
+def _cli_command() -> str:
+    """How to call ``shelftally`` from the user's shell: the name when it is on PATH (an activated
+    virtualenv), else the path it was started by (``.venv/bin/shelftally`` from ``demo.sh``)."""
+    started = Path(sys.argv[0])
+    on_path = shutil.which("shelftally")
+    if started.name != "shelftally" or (on_path is not None and Path(on_path).resolve() == started.resolve()):
+        return "shelftally"
+    return str(started)
 
 
 def write_demo_env(

@@ -69,7 +69,7 @@ def test_vision_demo_scans_its_photos_and_reuses_its_models(tmp_path: Path) -> N
     assert "Open discrepancies" in text and "demo finished" in text
     # The next command finds the demo's models and database: demo.env, printed with the command.
     env_file = workdir / "demo.env"
-    assert f". {env_file}" in text and "shelftally scan" in text
+    assert f". {env_file}" in text and "shelftally scan" in text and "--captured-at" in text
     after = Settings.from_environment(env_file=env_file)
     assert after.models.detector_dir is not None and (after.models.detector_dir / "model.onnx").is_file()
     assert after.models.classifier_dir is not None and after.models.classifier_dir.is_dir()
