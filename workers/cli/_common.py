@@ -25,7 +25,7 @@ from inventory.cycle_counts import parse_time
 from inventory.db import create_engine, run_in_transaction, session_factory
 from inventory.errors import DatabaseNotInitialisedError, DatabaseUnavailableError
 from inventory.sinks import AlertSink, DeliveryReport, LogSink, WebhookSink, deliver_pending
-from shelftally.errors import ShelfTallyError
+from shelftally.errors import MissingDependencyError, ShelfTallyError
 from shelftally.redact import mask_url
 from workers.console import print_error
 from workers.settings import Settings
@@ -143,13 +143,24 @@ def fail(error: ShelfTallyError, as_json: bool = False) -> None:
     print_error(error, as_json=as_json)
 
 
+FLEET_PACKAGES = frozenset({"celery", "kombu", "redis", "billiard", "vine", "amqp"})
+"""What the ``fleet`` extra installs: a command missing one of them says so instead of a traceback."""
+
+
 @contextmanager
 def handle_errors(as_json: bool = False) -> Iterator[None]:
-    """Turn ShelfTally errors, and a database that cannot be reached, into exit status 1."""
+    """Turn ShelfTally errors, a database that cannot be reached, and the fleet's packages
+    missing (the ``fleet`` extra not installed: reason ``missing_dependency``) into exit status 1."""
     try:
         yield
     except ShelfTallyError as error:
         fail(error, as_json)
+        raise typer.Exit(1) from error
+    except ModuleNotFoundError as error:
+        package = (error.name or "").split(".", 1)[0]
+        if package not in FLEET_PACKAGES:
+            raise
+        fail(MissingDependencyError(f"this command needs {package}: pip install 'shelftally[fleet]'"), as_json)
         raise typer.Exit(1) from error
     except (sa_exc.OperationalError, sa_exc.InterfaceError) as error:
         message = str(error.orig).strip().splitlines()[0] if error.orig is not None else str(error)
@@ -182,10 +193,10 @@ def parse_time_option(value: str | None, option: str) -> datetime | None:
 def handle_broker_errors(as_json: bool = False) -> Iterator[None]:
     """:func:`handle_errors`, plus a broker that cannot be reached as one line with reason
     ``broker_unavailable`` (exit status 1) instead of a traceback."""
-    from kombu.exceptions import OperationalError
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
+    with handle_errors(as_json):
+        from kombu.exceptions import OperationalError
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
     try:
         with handle_errors(as_json):
             yield

@@ -86,6 +86,8 @@ def worker_cmd(
     """
     if pool not in ("prefork", "solo"):
         raise typer.BadParameter("prefork or solo", param_hint="--pool")
+    with handle_errors():  # the queue names come from the Celery app: the fleet extra must be there
+        import celery  # noqa: F401
     chosen = _queues(queues)
     settings = get_settings(typer_ctx)
     serves_vision = "vision" in chosen
