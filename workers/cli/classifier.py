@@ -10,16 +10,23 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from shelftally.errors import ShelfTallyError
+from shelftally.errors import ConfigurationError, ShelfTallyError
+from workers.cli._common import JsonOption, run_in_db
 from workers.console import console, err_console, print_error, print_json, stage_bars
 
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
 classifier_app = typer.Typer(no_args_is_help=True, help="Train the SKU classifier and measure open-set enrollment.")
-sku_app = typer.Typer(no_args_is_help=True, help="Enroll SKUs in a classifier's gallery without retraining.")
+sku_app = typer.Typer(
+    no_args_is_help=True,
+    help="Enroll SKUs in a classifier's gallery without retraining; match text against the SKU master.",
+)
 
 _FORMATS = ("grocery", "folder", "list")
 
@@ -327,3 +334,47 @@ def evaluate_enrollment_cmd(
         f"trained {report.closed_set_known_accuracy:.3f}, all {report.closed_set_overall_accuracy:.3f}",
         highlight=False,
     )
+
+
+@sku_app.command("match")
+def match_cmd(
+    typer_ctx: typer.Context,
+    text: Annotated[list[str], typer.Argument(help="Text as read on a package (one or more lines), or a barcode.")],
+    top: Annotated[int, typer.Option("--top", min=1, help="How many SKUs to list.")] = 5,
+    as_json: JsonOption = False,
+) -> None:
+    """Match text (or a barcode number) against the SKU master, as the zero-shot text matcher does.
+
+    For debugging the matcher: it prints each SKU's text score in [0, 1] and the words of its
+    name, brand and description that the text matched (``classifier/text.py`` says how).
+    """
+    from sqlalchemy import select
+
+    from classifier.text import SkuText, TextMatcher
+    from inventory.models import Sku
+
+    def master(session: Session) -> list[SkuText]:
+        rows = session.scalars(select(Sku).order_by(Sku.sku_code)).all()
+        return [SkuText(row.sku_code, row.name, row.description, row.gtin) for row in rows]
+
+    skus = run_in_db(typer_ctx, master, as_json)
+    if not skus:
+        raise _fail(ConfigurationError("the SKU master is empty: shelftally import skus FILE", reason="no_skus"),
+                    as_json)
+    try:
+        matcher = TextMatcher(skus)
+    except ShelfTallyError as error:
+        raise _fail(error, as_json) from error
+    barcode = next((code for line in text if (code := matcher.sku_of_barcode(line)) is not None), None)
+    matches = matcher.match(text, top=top)
+    if as_json:
+        print_json({"barcode_sku": barcode, "matches": [
+            {"sku_code": m.sku_code, "score": round(m.score, 4), "matched": list(m.matched)} for m in matches
+        ]})
+        return
+    if barcode is not None:
+        console.print(f"barcode: {barcode}", highlight=False)
+    if not matches:
+        console.print("no SKU matches this text", highlight=False)
+    for m in matches:
+        console.print(f"{m.score:.3f}  {m.sku_code}  ({', '.join(m.matched)})", highlight=False)

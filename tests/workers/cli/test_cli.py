@@ -215,3 +215,13 @@ def test_demo_refuses_a_file_as_workdir(tmp_path: Path) -> None:
 def test_version() -> None:
     result = run_raw("--version")
     assert result.exit_code == 0 and result.stdout.startswith("shelftally ")
+
+
+def test_sku_match_names_skus_from_text_and_barcodes(warehouse: str) -> None:
+    found = shelftally(warehouse, "sku", "match", "SPAGHETTl No5", "--json")  # misread l for i
+    assert found["matches"][0]["sku_code"] == "SKU-1001" and "spaghetti" in found["matches"][0]["matched"]
+    assert found["barcode_sku"] is None
+    by_code = shelftally(warehouse, "sku", "match", "2000000010014", "--json")
+    assert by_code["barcode_sku"] == "SKU-1001"
+    assert shelftally(warehouse, "sku", "match", "zzqx", "--json")["matches"] == []
+    assert "SKU-1001" in shelftally(warehouse, "sku", "match", "spaghetti")
