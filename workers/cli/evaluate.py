@@ -229,3 +229,57 @@ def print_classifier_report(result: dict[str, Any], out: Console = console) -> N
         table.add_row(code, str(result["per_class_items"][code]), f"{accuracy:.3f}",
                       "[yellow]no (right = unknown)[/]" if code in unknown else "yes")
     out.print(table)
+
+
+@evaluate_app.command("zero-shot")
+def evaluate_zero_shot_cmd(
+    data: Annotated[Path, typer.Option("--data", help="Grocery Store dataset folder.", exists=True, file_okay=False)],
+    model: Annotated[Path, typer.Option("--model", help="Classifier model directory.", exists=True, file_okay=False)],
+    split: Annotated[str, typer.Option("--split", help="Grocery Store split.")] = "val",
+    backend: Annotated[str, typer.Option("--backend", help="onnx, openvino or torch.")] = "onnx",
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="Intra-op threads.")] = None,
+    limit: Annotated[int | None, typer.Option(
+        "--limit", min=1, help="Only the first N pictures of each class (a quick look).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Vision alone, text alone (zero-shot, no training picture) and their fusion, on a Grocery Store split.
+
+    Text is read with PP-OCRv4 and matched against the classes' names and descriptions
+    (classifier/text.py); the fusion weight is calibrated on the split, and the fused top-1 is
+    2-fold cross-validated (classifier/zeroshot.py).
+    """
+    from classifier.zeroshot import evaluate_zero_shot
+
+    try:
+        columns = (TextColumn("[bold]zero-shot"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn())
+        with Progress(*columns, console=err_console) as bar:
+            task = bar.add_task("zero-shot", total=None)
+            report = evaluate_zero_shot(data, model, split=split, backend=backend, threads=threads, limit=limit,
+                                        progress=lambda done, total: bar.update(task, completed=done, total=total))
+    except ShelfTallyError as error:
+        print_error(error, as_json=as_json)
+        raise typer.Exit(1) from error
+    result = report.to_dict()
+    if as_json:
+        print_json(result)
+        return
+
+    def cell(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    held = f"{len(report.held_out_classes)} SKUs held out of training, {report.held_out_pictures} pictures" \
+        if report.held_out_classes else "the model was trained on every class"
+    console.print(
+        f"{report.split}: {report.pictures} pictures, text matched on {report.pictures_with_text}; "
+        f"text weight {report.weight:g}\n"
+        f"  visual alone, all classes                 {cell(report.visual_top1)}\n"
+        f"  visual + text, all classes (2-fold CV)    {cell(report.fused_top1)}"
+        f"   (in-sample {cell(report.fused_top1_in_sample)})\n"
+        f"  text alone, packaged classes              {cell(report.text_only_top1_packaged)}"
+        f"   ({report.packaged_pictures} pictures)\n"
+        f"  held-out SKUs, visual + text              {cell(report.held_out_text_top1)}   ({held})\n"
+        f"  seconds per picture: text {report.seconds_per_picture_text:.3f}, "
+        f"visual {report.seconds_per_picture_visual:.3f}",
+        highlight=False,
+    )
