@@ -6,8 +6,9 @@ They are fused log-linearly, one SKU at a time::
 
     fused(k) = log(p_visual(k) + EPS) + weight * text(k)
 
-where a SKU the classifier was never trained on has ``p_visual = 0`` (so only its text can name
-it). ``weight`` is calibrated on labelled val pictures (:func:`calibrate_weight`: the weight of
+where a SKU the classifier was never trained on gets the uniform prior ``p_visual = 1 / K`` (K
+SKUs in the master): the classifier says nothing of it, so only its text can lift it above the
+trained SKUs. ``weight`` is calibrated on labelled val pictures (:func:`calibrate_weight`: the weight of
 a grid that names the most pictures right, the smallest on a tie); ``weight = 0`` is the visual
 classifier alone, and is in the grid, so on the pictures it is calibrated on fusion never names
 fewer right than vision alone. A barcode whose GTIN is in the SKU master names its SKU outright,
@@ -23,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +34,18 @@ import numpy.typing as npt
 from classifier.text import SkuText, TextMatcher
 
 __all__ = [
+    "DEFAULT_WEIGHT",
     "EPS",
+    "TEXT_FUSION",
     "WEIGHTS",
+    "NamedCrop",
+    "TextFusion",
     "ZeroShotReport",
     "calibrate_weight",
     "evaluate_zero_shot",
     "fuse",
     "grocery_master",
+    "read_weight",
 ]
 
 logger = logging.getLogger(__name__)
@@ -51,24 +57,32 @@ WEIGHTS: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0, 40.
 """The grid :func:`calibrate_weight` searches (0 = vision alone)."""
 
 
-def fuse(visual: npt.NDArray[np.float64], text: npt.NDArray[np.float64], weight: float) -> npt.NDArray[np.float64]:
+def fuse(
+    visual: npt.NDArray[np.float64], text: npt.NDArray[np.float64], weight: float,
+    untrained: npt.NDArray[np.bool_] | None = None,
+) -> npt.NDArray[np.float64]:
     """Fused scores (see the module docstring).
 
     Args:
-        visual: (N, K) visual probabilities over the K master SKUs (0 for untrained ones).
+        visual: (N, K) visual probabilities over the K master SKUs.
         text: (N, K) text scores in [0, 1].
         weight: the text weight (>= 0).
+        untrained: (K,) True for SKUs the classifier was not trained on (their visual
+            probability is replaced by the uniform prior 1 / K); None: every SKU is trained.
 
     Returns:
         (N, K) float64; the argmax of a row is its fused SKU.
     """
-    fused: npt.NDArray[np.float64] = np.log(np.asarray(visual, np.float64) + EPS) + weight * np.asarray(text)
+    visual = np.asarray(visual, np.float64)
+    if untrained is not None and untrained.any():
+        visual = np.where(untrained[None, :], 1.0 / visual.shape[1], visual)
+    fused: npt.NDArray[np.float64] = np.log(visual + EPS) + weight * np.asarray(text)
     return fused
 
 
 def calibrate_weight(
     visual: npt.NDArray[np.float64], text: npt.NDArray[np.float64], truth: npt.NDArray[np.int64],
-    weights: Sequence[float] = WEIGHTS,
+    weights: Sequence[float] = WEIGHTS, untrained: npt.NDArray[np.bool_] | None = None,
 ) -> float:
     """The text weight of ``weights`` that names the most rows right (the smallest on a tie).
 
@@ -76,10 +90,11 @@ def calibrate_weight(
         visual, text: (N, K) as :func:`fuse` takes them.
         truth: (N,) the index of each row's true SKU.
         weights: the grid, which should hold 0 (vision alone).
+        untrained: see :func:`fuse`.
     """
     best_weight, best_right = 0.0, -1
     for weight in sorted(weights):
-        right = int((fuse(visual, text, weight).argmax(axis=1) == truth).sum())
+        right = int((fuse(visual, text, weight, untrained).argmax(axis=1) == truth).sum())
         if right > best_right:
             best_weight, best_right = float(weight), right
     return best_weight
@@ -151,14 +166,15 @@ class ZeroShotReport:
 
 
 def _two_fold(visual: npt.NDArray[np.float64], text: npt.NDArray[np.float64], truth: npt.NDArray[np.int64],
-              seed: int = 0) -> npt.NDArray[np.int64]:
+              untrained: npt.NDArray[np.bool_], seed: int = 0) -> npt.NDArray[np.int64]:
     """Each row's fused prediction with the weight calibrated on the other half of the rows."""
     order = np.random.default_rng(seed).permutation(len(truth))
     halves = (order[: len(order) // 2], order[len(order) // 2 :])
     predicted = np.zeros(len(truth), np.int64)
     for scored, chosen in ((halves[0], halves[1]), (halves[1], halves[0])):
-        weight = calibrate_weight(visual[chosen], text[chosen], truth[chosen]) if len(chosen) else 0.0
-        predicted[scored] = fuse(visual[scored], text[scored], weight).argmax(axis=1)
+        weight = calibrate_weight(visual[chosen], text[chosen], truth[chosen], untrained=untrained) \
+            if len(chosen) else 0.0
+        predicted[scored] = fuse(visual[scored], text[scored], weight, untrained).argmax(axis=1)
     return predicted
 
 
@@ -239,9 +255,11 @@ def evaluate_zero_shot(
             truth[row] = column[dataset.class_names[item.class_index]]
             if progress is not None:
                 progress(row + 1, n)
-    weight = calibrate_weight(visual, text, truth)
-    cross = _two_fold(visual, text, truth)
-    in_sample = fuse(visual, text, weight).argmax(axis=1)
+    untrained = np.ones(k, bool)
+    untrained[[c for c in model_columns if c is not None]] = False
+    weight = calibrate_weight(visual, text, truth, untrained=untrained)
+    cross = _two_fold(visual, text, truth, untrained)
+    in_sample = fuse(visual, text, weight, untrained).argmax(axis=1)
     for predictions in (cross, in_sample):
         predictions[barcode >= 0] = barcode[barcode >= 0]  # a known GTIN names its SKU outright
     packaged_rows = np.array([codes[t] in packaged for t in truth], bool)
@@ -268,3 +286,144 @@ def evaluate_zero_shot(
         seconds_per_picture_text=seconds_text / max(n, 1),
         seconds_per_picture_visual=seconds_visual / max(n, 1),
     )
+
+
+DEFAULT_WEIGHT = 8.0
+"""The text weight used when a classifier directory has no ``text_fusion.json``: the weight
+``shelftally evaluate zero-shot`` chose for the shipped Grocery classifier on Grocery Store val
+(296 pictures; see docs/models.md)."""
+
+TEXT_FUSION = "text_fusion.json"
+"""A classifier directory's fusion record (written by ``shelftally evaluate zero-shot --record``)."""
+
+
+def read_weight(model_dir: str | Path) -> float:
+    """The text weight recorded in a classifier directory's ``text_fusion.json``, else :data:`DEFAULT_WEIGHT`.
+
+    Raises:
+        ValueError: the record is not JSON with a ``weight`` >= 0.
+    """
+    import json
+
+    path = Path(model_dir) / TEXT_FUSION
+    if not path.is_file():
+        return DEFAULT_WEIGHT
+    record = json.loads(path.read_text(encoding="utf-8"))
+    weight = float(record["weight"])
+    if not weight >= 0:
+        raise ValueError(f"{path}: weight expected >= 0, received {weight}")
+    return weight
+
+
+@dataclass(frozen=True)
+class NamedCrop:
+    """How one crop was named once its text and barcodes were read.
+
+    Attributes:
+        sku_code: the SKU named, None for unknown.
+        confidence: in [0, 1]: the visual confidence (``visual``), the fused probability
+            (``text``, ``visual+text``) or 1 (``barcode``).
+        modality: ``"visual"`` (text not read, or nothing matched), ``"visual+text"`` (the text
+            agreed with the visual SKU), ``"text"`` (the text changed or supplied the SKU), or
+            ``"barcode"`` (a GTIN of the SKU master).
+        visual_sku: what vision alone named (None: unknown), kept where another modality decided.
+        text: what was read (lines joined, at most 120 characters), None when not read.
+        gtin: the GTIN that named it, if any.
+    """
+
+    sku_code: str | None
+    confidence: float
+    modality: str = "visual"
+    visual_sku: str | None = None
+    text: str | None = None
+    gtin: str | None = None
+
+
+class TextFusion:
+    """Reads text and barcodes on the crops that need it and fuses them with the visual answer.
+
+    Which crops are read (for speed: OCR costs far more than the classifier per crop): those the
+    classifier called unknown or named below ``max_visual_confidence``, whose shorter side is at
+    least ``min_crop_px`` (smaller text does not read), at most ``max_crops`` per picture (the
+    least confident first).
+
+    Args:
+        matcher: the SKU master's text.
+        reader: the text reader.
+        weight: the text weight of :func:`fuse`.
+        min_text_score: a text score below this is no evidence.
+        max_visual_confidence, min_crop_px, max_crops: which crops are read (above).
+    """
+
+    def __init__(self, matcher: TextMatcher, reader: Any, *, weight: float = DEFAULT_WEIGHT,
+                 min_text_score: float = 0.05, max_visual_confidence: float = 0.9, min_crop_px: int = 48,
+                 max_crops: int = 64) -> None:
+        self.matcher = matcher
+        self.reader = reader
+        self.weight = weight
+        self.min_text_score = min_text_score
+        self.max_visual_confidence = max_visual_confidence
+        self.min_crop_px = min_crop_px
+        self.max_crops = max_crops
+        self._codes = [s.sku_code for s in matcher.skus]
+        self._column = {code: k for k, code in enumerate(self._codes)}
+
+    def chosen(self, crops: Sequence[npt.NDArray[np.uint8]], visual_sku: Sequence[str | None],
+               visual_confidence: Sequence[float]) -> list[int]:
+        """Indices of the crops to read, least visually confident first."""
+        wanted = [
+            i for i, crop in enumerate(crops)
+            if (visual_sku[i] is None or visual_confidence[i] < self.max_visual_confidence)
+            and min(crop.shape[:2]) >= self.min_crop_px
+        ]
+        return sorted(wanted, key=lambda i: visual_confidence[i])[: self.max_crops]
+
+    def name(
+        self,
+        crops: Sequence[npt.NDArray[np.uint8]],
+        labels: Sequence[str],
+        probabilities: npt.NDArray[np.float32],
+        visual_sku: Sequence[str | None],
+        visual_confidence: Sequence[float],
+    ) -> list[NamedCrop]:
+        """Name each crop from its look, and for the chosen ones also from its text and barcodes.
+
+        Args:
+            crops: (h, w, 3) uint8 RGB each.
+            labels: the classifier's SKU codes (columns of ``probabilities``).
+            probabilities: (N, C) the classifier's softmax.
+            visual_sku, visual_confidence: what the classifier (with open-set rejection) named.
+
+        Returns:
+            One :class:`NamedCrop` per crop. An unreadable crop (nothing matched) keeps its
+            visual answer, unknown included.
+        """
+        named = [NamedCrop(visual_sku[i], float(visual_confidence[i])) for i in range(len(crops))]
+        for i in self.chosen(crops, visual_sku, visual_confidence):
+            read = self.reader.read(crops[i])
+            text = " ".join(read.texts)[:120] or None
+            for code in read.gtins:
+                sku = self.matcher.sku_of_barcode(code)
+                if sku is not None:
+                    named[i] = NamedCrop(sku, 1.0, "barcode", visual_sku[i], text, code)
+                    break
+            else:
+                scores = self.matcher.scores(read.texts)
+                if scores.max(initial=0.0) < self.min_text_score:
+                    if text is not None:
+                        named[i] = replace(named[i], text=text)
+                    continue
+                visual = np.zeros(len(self._codes), np.float64)
+                untrained = np.ones(len(self._codes), bool)
+                for j, label in enumerate(labels):
+                    column = self._column.get(label)
+                    if column is not None:
+                        visual[column] = probabilities[i, j]
+                        untrained[column] = False
+                fused = fuse(visual[None, :], scores[None, :], self.weight, untrained)[0]
+                shifted = np.exp(fused - fused.max())
+                best = int(fused.argmax())
+                sku = self._codes[best]
+                modality = "visual+text" if sku == visual_sku[i] else "text"
+                named[i] = NamedCrop(sku, float(shifted[best] / shifted.sum()), modality, visual_sku[i], text)
+        return named

@@ -144,6 +144,15 @@ class ScanSettings(BaseModel):
     camera_timezone: str | None = Field(
         None, description="IANA zone of EXIF capture times without offset; None: this machine's zone"
     )
+    read_text: bool = Field(
+        False, description="read the text and barcodes on products the classifier is unsure of and name SKUs "
+        "from the SKU master with them (extra text; costs OCR time per picture)",
+    )
+    text_max_crops: int = Field(64, ge=1, description="read_text: most crops read per picture, least confident first")
+    text_min_crop_px: int = Field(48, ge=8, description="read_text: crops whose shorter side is smaller are not read")
+    text_max_visual_confidence: float = Field(
+        0.9, ge=0, le=1, description="read_text: crops the classifier names at or above this are not read"
+    )
 
     @field_validator("camera_timezone")
     @classmethod

@@ -67,3 +67,92 @@ def test_evaluate_zero_shot_on_real_val_pictures() -> None:
     assert report["fused_top1_in_sample"] >= report["visual_top1"] >= 0.5
     assert report["text_only_top1_packaged"] > 1 / 81  # better than chance, from printed text alone
     assert report["held_out_text_top1"] is None  # the shipped model was trained on every class
+
+
+# --- reading crops in a scan: TextFusion ---------------------------------------------------------------------------
+
+
+class FakeReader:
+    """Stands in for the OCR reader: returns what it was told for each crop (by its top-left pixel value)."""
+
+    def __init__(self, reads: dict[int, object]) -> None:
+        self.reads = reads
+        self.calls: list[int] = []
+
+    def read(self, crop: np.ndarray) -> object:
+        from classifier.ocr import ReadText
+
+        key = int(crop[0, 0, 0])
+        self.calls.append(key)
+        return self.reads.get(key, ReadText())
+
+
+def _fusion(reads: dict[int, object]) -> tuple[object, FakeReader]:
+    from classifier.text import SkuText, TextMatcher
+    from classifier.zeroshot import TextFusion
+
+    master = [SkuText("BRAVO-APPLE", "Bravo Apple Juice", gtin="7310865004703"),
+              SkuText("ARLA-MILK", "Arla Medium Fat Milk"), SkuText("OATLY-OAT", "Oatly Oat Drink")]
+    reader = FakeReader(reads)
+    return TextFusion(TextMatcher(master), reader, weight=8.0, min_crop_px=16), reader
+
+
+def _crops(*keys: int, size: int = 64) -> list[np.ndarray]:
+    return [np.full((size, size, 3), key, np.uint8) for key in keys]
+
+
+LABELS = ["BRAVO-APPLE", "ARLA-MILK"]  # the classifier was not trained on OATLY-OAT
+
+
+def test_a_barcode_names_its_sku_over_a_wrong_visual_guess() -> None:
+    from classifier.ocr import ReadText
+
+    fusion, _ = _fusion({1: ReadText(gtins=("07310865004703",))})
+    named = fusion.name(_crops(1), LABELS, np.array([[0.4, 0.6]], np.float32), ["ARLA-MILK"], [0.6])
+    assert (named[0].sku_code, named[0].modality, named[0].visual_sku) == ("BRAVO-APPLE", "barcode", "ARLA-MILK")
+    assert named[0].gtin == "07310865004703" and named[0].confidence == 1.0
+
+
+def test_an_unreadable_crop_changes_nothing() -> None:
+    fusion, reader = _fusion({})
+    named = fusion.name(_crops(2, 3), LABELS, np.array([[0.5, 0.5], [0.7, 0.3]], np.float32), [None, "BRAVO-APPLE"],
+                        [0.5, 0.7])
+    assert [(n.sku_code, n.modality) for n in named] == [(None, "visual"), ("BRAVO-APPLE", "visual")]
+    assert sorted(reader.calls) == [2, 3]
+
+
+def test_text_names_a_sku_the_classifier_never_saw_and_keeps_what_it_agrees_with() -> None:
+    from classifier.ocr import ReadLine, ReadText
+
+    def said(text: str) -> ReadText:
+        return ReadText((ReadLine(text, 0.99, (0.0, 0.0, 10.0, 10.0)),))
+
+    fusion, _ = _fusion({4: said("OATLY oat drink"), 5: said("Bravo apple")})
+    named = fusion.name(_crops(4, 5), LABELS, np.array([[0.5, 0.5], [0.8, 0.2]], np.float32), [None, "BRAVO-APPLE"],
+                        [0.5, 0.8])
+    assert (named[0].sku_code, named[0].modality) == ("OATLY-OAT", "text")
+    assert (named[1].sku_code, named[1].modality) == ("BRAVO-APPLE", "visual+text")
+    assert named[0].text == "OATLY oat drink" and 0.0 < named[0].confidence <= 1.0
+
+
+def test_confident_or_small_crops_are_not_read() -> None:
+    fusion, reader = _fusion({})
+    crops = [*_crops(6), *_crops(7, size=8)]
+    fusion.name(crops, LABELS, np.array([[0.95, 0.05], [0.5, 0.5]], np.float32), ["BRAVO-APPLE", None], [0.95, 0.5])
+    assert reader.calls == []  # the first is sure enough, the second too small to read
+
+
+def test_observed_boxes_keep_their_modality_through_a_fleet_message() -> None:
+    from workers.scan.pipeline import ObservedPicture
+
+    message = {
+        "picture": {"source": "a.jpg", "image_sha256": "ab" * 32, "size_bytes": 10, "location_code": "A",
+                    "captured_at": "2026-12-01T10:00:00+00:00", "label_boxes": [], "timings_ms": {}},
+        "width_px": 100, "height_px": 80, "detector_version": "d", "classifier_version": "c",
+        "boxes": [[1, 2, 30, 40, 0.9, 0, "BRAVO-APPLE", 1.0, "barcode", "ARLA-MILK", "JUICE", "07310865004703"],
+                  [5, 6, 50, 60, 0.8, 0, None, 0.3]],  # a box from a worker that read no text
+    }
+    observed = ObservedPicture.from_dict(message)
+    assert observed.boxes[0].modality == "barcode" and observed.boxes[0].gtin == "07310865004703"
+    assert observed.boxes[1].modality == "visual" and observed.boxes[1].read_text is None
+    assert ObservedPicture.from_dict(observed.to_dict()) == observed

@@ -240,6 +240,9 @@ def evaluate_zero_shot_cmd(
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="Intra-op threads.")] = None,
     limit: Annotated[int | None, typer.Option(
         "--limit", min=1, help="Only the first N pictures of each class (a quick look).")] = None,
+    record: Annotated[bool, typer.Option(
+        "--record", help="Write the chosen text weight into the model directory (text_fusion.json), for scans.",
+    )] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Vision alone, text alone (zero-shot, no training picture) and their fusion, on a Grocery Store split.
@@ -261,6 +264,20 @@ def evaluate_zero_shot_cmd(
         print_error(error, as_json=as_json)
         raise typer.Exit(1) from error
     result = report.to_dict()
+    if record:
+        import shlex
+        import sys
+
+        from classifier.zeroshot import TEXT_FUSION
+
+        if limit is not None:
+            print_error(ShelfTallyError("--record needs the whole split (no --limit)", reason="partial_split"),
+                        as_json=as_json)
+            raise typer.Exit(1)
+        target = model / TEXT_FUSION
+        target.write_text(json.dumps({**result, "command": shlex.join(["shelftally", *sys.argv[1:]])}, indent=2)
+                          + "\n", encoding="utf-8")
+        err_console.print(f"recorded text weight {report.weight:g} in {target}", highlight=False)
     if as_json:
         print_json(result)
         return

@@ -58,6 +58,11 @@ def scan_cmd(
     evidence_dir: Annotated[Path | None, typer.Option(
         "--evidence-dir", help="Where evidence images go (default SHELFTALLY_SCAN__EVIDENCE_DIR, ./evidence).",
     )] = None,
+    read_text: Annotated[bool | None, typer.Option(
+        "--read-text/--no-read-text",
+        help="Also read text and barcodes on products the classifier is unsure of "
+             "(default SHELFTALLY_SCAN__READ_TEXT).",
+    )] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Count the stock in pictures, reconcile it against the book, write evidence images.
@@ -70,7 +75,7 @@ def scan_cmd(
     pictures = pictures_or_refuse(paths)
     with handle_errors(as_json):
         pipeline = build_pipeline(ctx.settings, ctx.factory, detector=detector, classifier=classifier,
-                                  evidence_dir=evidence_dir)
+                                  evidence_dir=evidence_dir, read_text=read_text)
         run = run_scan(pipeline, pictures, location_code=location, captured_at=when, show_progress=not as_json)
         report = ctx.deliver_alerts()
     if as_json:

@@ -141,6 +141,9 @@ class EvidenceItem:
             ``"unknown_product"`` belongs to unrecognised items only, and an unrecognised item
             can carry no other kind (reconciliation reports unknown items per location, without
             a SKU).
+        modality: what named it: ``"visual"``, ``"visual+text"``, ``"text"`` or ``"barcode"``
+            (:class:`classifier.zeroshot.NamedCrop`); the tag says ``[text]`` or ``[barcode]``
+            when it was not the look alone.
 
     Raises:
         ValueError: on construction, when a field is out of range or the fields disagree; the
@@ -151,6 +154,7 @@ class EvidenceItem:
     sku_code: str | None
     confidence: float
     discrepancy: str | None = None
+    modality: str = "visual"
 
     def __post_init__(self) -> None:
         try:
@@ -350,7 +354,7 @@ def _legend() -> list[tuple[RGB | None, str]]:
         (_RED, ", ".join(red)),
         (_ORANGE, ", ".join(orange)),
         (UNKNOWN_COLOUR, "not recognised"),
-        (None, "other colours: one per SKU; thick = discrepancy"),
+        (None, "other colours: one per SKU; thick = discrepancy; [text]/[barcode]: named by what it says"),
     ]
 
 
@@ -474,6 +478,8 @@ def draw_evidence(
             continue
         code = "(unknown)" if item.sku_code is None else _ascii_code(item.sku_code)
         text = f"{code} {item.confidence:.2f}"
+        if item.modality in ("text", "barcode"):
+            text += f" [{item.modality}]"
         if item.discrepancy is not None:
             colour = DISCREPANCY_COLOURS[item.discrepancy]
             _outline(picture, box, colour, 2 * style.line_px + 1)

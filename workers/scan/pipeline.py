@@ -50,7 +50,9 @@ import numpy.typing as npt
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
+from classifier.backends import softmax
 from classifier.recognize import Recognizer
+from classifier.zeroshot import TextFusion
 from detector.backends import DetectorBackend
 from detector.tiling import detect
 from detector.types import Detections
@@ -90,7 +92,7 @@ logger = logging.getLogger(__name__)
 _NOTHING_READ = hashlib.sha256(b"").hexdigest()
 """Digest recorded for a rejected file whose bytes were never read (unreadable, or over ``max_bytes``)."""
 
-STAGES = ("decode", "locate", "detect", "crop", "classify", "persist", "reconcile", "evidence")
+STAGES = ("decode", "locate", "detect", "crop", "classify", "read_text", "persist", "reconcile", "evidence")
 """Stage names of :attr:`ScanResult.timings_ms`, in pipeline order."""
 
 
@@ -159,6 +161,8 @@ class ScanResult:
         evidence: path of the evidence image, when one was written.
         evidence_error: why the evidence image could not be written (the counts are recorded).
         timings_ms: milliseconds per stage (:data:`STAGES`) that ran.
+        named_by: recognised facings per modality that named them (``visual``, ``visual+text``,
+            ``text``, ``barcode``).
     """
 
     source: str
@@ -176,6 +180,7 @@ class ScanResult:
     evidence: Path | None = None
     evidence_error: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    named_by: dict[str, int] = field(default_factory=dict)
 
     @property
     def stale(self) -> bool:
@@ -237,8 +242,13 @@ class ObservedBox:
         xyxy: box in pixels of the picture (x1, y1, x2, y2).
         confidence: detector confidence in [0, 1].
         class_id: the detector's class index.
-        sku_code: the SKU code the classifier named, None for unknown (open-set rejection).
-        sku_confidence: the classifier's confidence in [0, 1].
+        sku_code: the SKU code named, None for unknown (open-set rejection).
+        sku_confidence: the naming confidence in [0, 1].
+        modality: what named it: ``"visual"``, ``"visual+text"``, ``"text"`` or ``"barcode"``
+            (:class:`classifier.zeroshot.NamedCrop`; only ``"visual"`` unless text is read).
+        visual_sku: what the look alone named, where text or a barcode decided.
+        read_text: what was read on the crop (at most 120 characters), None when not read.
+        gtin: the barcode that named it, if any.
     """
 
     xyxy: tuple[float, float, float, float]
@@ -246,6 +256,10 @@ class ObservedBox:
     class_id: int
     sku_code: str | None
     sku_confidence: float
+    modality: str = "visual"
+    visual_sku: str | None = None
+    read_text: str | None = None
+    gtin: str | None = None
 
 
 @dataclass(frozen=True)
@@ -267,22 +281,28 @@ class ObservedPicture:
     boxes: tuple[ObservedBox, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form; each box is ``[x1, y1, x2, y2, confidence, class_id, sku_code, sku_confidence]``."""
+        """JSON-ready form; each box is ``[x1, y1, x2, y2, confidence, class_id, sku_code, sku_confidence,
+        modality, visual_sku, read_text, gtin]``."""
         return {
             "picture": self.picture.to_dict(), "width_px": self.width_px, "height_px": self.height_px,
             "detector_version": self.detector_version, "classifier_version": self.classifier_version,
-            "boxes": [[*box.xyxy, box.confidence, box.class_id, box.sku_code, box.sku_confidence]
-                      for box in self.boxes],
+            "boxes": [[*box.xyxy, box.confidence, box.class_id, box.sku_code, box.sku_confidence, box.modality,
+                       box.visual_sku, box.read_text, box.gtin] for box in self.boxes],
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ObservedPicture:
         """Inverse of :meth:`to_dict`. Raises KeyError / ValueError on a malformed message."""
-        boxes = tuple(
-            ObservedBox((float(x1), float(y1), float(x2), float(y2)), float(conf), int(cls_id),
-                        None if code is None else str(code), float(sku_conf))
-            for x1, y1, x2, y2, conf, cls_id, code, sku_conf in data["boxes"]
-        )
+        def box(row: Sequence[Any]) -> ObservedBox:  # 8 items from a worker before text reading, else 12
+            x1, y1, x2, y2, conf, cls_id, code, sku_conf = row[:8]
+            extra = [*row[8:12], None, None, None, None][:4]
+            modality, visual_sku, read_text, gtin = extra[0] or "visual", extra[1], extra[2], extra[3]
+            return ObservedBox((float(x1), float(y1), float(x2), float(y2)), float(conf), int(cls_id),
+                               None if code is None else str(code), float(sku_conf), str(modality),
+                               None if visual_sku is None else str(visual_sku),
+                               None if read_text is None else str(read_text), None if gtin is None else str(gtin))
+
+        boxes = tuple(box(row) for row in data["boxes"])
         return cls(
             picture=AdmittedPicture.from_dict(data["picture"]), width_px=int(data["width_px"]),
             height_px=int(data["height_px"]), detector_version=str(data["detector_version"]),
@@ -407,6 +427,8 @@ class ScanPipeline:
         policy: reconciliation tolerances and hysteresis.
         config: picture handling, evidence folder, alert channels.
         clock: returns the current aware time (tests pass a fixed one).
+        text_fusion: reads text and barcodes on the crops that need it and fuses them with the
+            classifier's answer (:class:`classifier.zeroshot.TextFusion`); None: the look alone.
     """
 
     def __init__(
@@ -418,7 +440,9 @@ class ScanPipeline:
         policy: ReconcilePolicy,
         config: PipelineConfig | None = None,
         clock: Callable[[], datetime] | None = None,
+        text_fusion: TextFusion | None = None,
     ) -> None:
+        self.text_fusion = text_fusion
         self.factory = factory
         self.detector = detector
         self.recognizer = recognizer
@@ -584,7 +608,8 @@ class ScanPipeline:
         crops, kept = crop_boxes(decoded.pixels, detections, min_box_px=self.config.min_box_px)
         timings["crop"] = _ms(step)
         step = time.perf_counter()
-        named = self.recognizer.classify(crops)
+        logits, embedding = self.recognizer.backend.outputs(crops)
+        named = self.recognizer.decide(logits, embedding)
         timings["classify"] = _ms(step)
         detections = detections[kept]
         boxes = [
@@ -595,6 +620,17 @@ class ScanPipeline:
                 named.sku_code, named.confidence.tolist(), strict=True,
             )
         ]
+        if self.text_fusion is not None and crops:
+            step = time.perf_counter()
+            fused = self.text_fusion.name(crops, self.recognizer.backend.labels, softmax(logits), named.sku_code,
+                                          named.confidence.tolist())
+            boxes = [
+                replace(box, sku_code=crop.sku_code, sku_confidence=crop.confidence, modality=crop.modality,
+                        visual_sku=crop.visual_sku if crop.modality != "visual" else None, read_text=crop.text,
+                        gtin=crop.gtin)
+                for box, crop in zip(boxes, fused, strict=True)
+            ]
+            timings["read_text"] = _ms(step)
         return ObservedPicture(
             picture=replace(picture, timings_ms=timings), width_px=decoded.resolution_wh[0],
             height_px=decoded.resolution_wh[1], detector_version=self.detector.version,
@@ -662,6 +698,7 @@ class ScanPipeline:
             source=source, status="processed", scan_id=scan_id, location_code=location_code, captured_at=when,
             image_sha256=picture.image_sha256, counts=counts, unknown_facings=unknown, lines=lines, outcome=outcome,
             evidence=evidence, evidence_error=evidence_error, timings_ms=timings,
+            named_by=dict(Counter(box.modality for box in observed.boxes if box.sku_code in counts)),
         )
 
     # ------------------------------------------------------------------ stages
@@ -741,7 +778,8 @@ class ScanPipeline:
         lines = self._lines(session, picture.location_code, counts, unknown)
         kind_of = {line.sku_code: line.discrepancy for line in lines}
         items = [
-            EvidenceItem(xyxy=box.xyxy, sku_code=code, confidence=box.sku_confidence, discrepancy=kind_of.get(code))
+            EvidenceItem(xyxy=box.xyxy, sku_code=code, confidence=box.sku_confidence, discrepancy=kind_of.get(code),
+                         modality=box.modality if code is not None else "visual")
             for box, code in zip(observed.boxes, sku_of, strict=True)
         ]
         return scan_id, True, dict(counts), unknown, lines, outcome, items, reconcile_ms

@@ -14,15 +14,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import sqlalchemy as sa
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from sqlalchemy.orm import Session, sessionmaker
 
+from inventory.models import Sku
 from shelftally.errors import ConfigurationError
 from workers.console import err_console
 from workers.scan.pipeline import PipelineConfig, ScanPipeline, ScanResult, load_models
 from workers.settings import Settings
+
+if TYPE_CHECKING:
+    from classifier.zeroshot import TextFusion
 
 __all__ = ["PICTURE_SUFFIXES", "ScanRun", "build_pipeline", "collect_pictures", "result_dict", "run_scan"]
 
@@ -113,6 +118,7 @@ def result_dict(result: ScanResult) -> dict[str, Any]:
         "evidence": str(result.evidence) if result.evidence is not None else None,
         "evidence_error": result.evidence_error,
         "timings_ms": result.timings_ms,
+        "named_by": result.named_by,
     }
 
 
@@ -124,11 +130,14 @@ def build_pipeline(
     classifier: Path | None = None,
     evidence_dir: Path | None = None,
     with_models: bool = True,
+    read_text: bool | None = None,
 ) -> ScanPipeline:
     """The pipeline the settings (and command-line overrides) describe, its models loaded.
 
     ``with_models=False`` builds one that only admits and records pictures (a Celery worker of
-    the ``ingest`` and ``db`` queues) and needs no model directories.
+    the ``ingest`` and ``db`` queues) and needs no model directories. ``read_text`` (default
+    ``SHELFTALLY_SCAN__READ_TEXT``) adds text and barcode reading fused with the classifier
+    (:class:`classifier.zeroshot.TextFusion`), matched against the SKU master in the database.
 
     Raises:
         ConfigurationError: no detector or classifier model directory configured (reason
@@ -158,8 +167,34 @@ def build_pipeline(
         detector_precision=models.detector_precision, classifier_precision=models.classifier_precision,
         int8_max_drop_points=models.int8_max_accuracy_drop,
     )
+    fusion = None
+    if scan.read_text if read_text is None else read_text:
+        fusion = text_fusion(factory, classifier_dir, settings)
     return ScanPipeline(factory=factory, detector=detector_backend, recognizer=recognizer,
-                        policy=settings.reconcile.policy(), config=config)
+                        policy=settings.reconcile.policy(), config=config, text_fusion=fusion)
+
+
+def text_fusion(factory: sessionmaker[Session], classifier_dir: Path, settings: Settings) -> TextFusion:
+    """Text and barcode reading for a scan: the SKU master from the database, the weight from the classifier.
+
+    Raises:
+        ConfigurationError: the SKU master is empty (reason ``no_skus``).
+        MissingDependencyError: the ``text`` extra is not installed.
+    """
+    from classifier.ocr import text_reader
+    from classifier.text import SkuText, TextMatcher
+    from classifier.zeroshot import TextFusion, read_weight
+
+    with factory() as session:
+        rows = session.scalars(sa.select(Sku).order_by(Sku.sku_code)).all()
+        skus = [SkuText(row.sku_code, row.name, row.description, row.gtin) for row in rows]
+    if not skus:
+        raise ConfigurationError("reading text needs a SKU master to match: shelftally import skus FILE",
+                                 reason="no_skus")
+    scan = settings.scan
+    return TextFusion(TextMatcher(skus), text_reader(settings.models.threads), weight=read_weight(classifier_dir),
+                      max_visual_confidence=scan.text_max_visual_confidence, min_crop_px=scan.text_min_crop_px,
+                      max_crops=scan.text_max_crops)
 
 
 def run_scan(
