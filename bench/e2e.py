@@ -15,6 +15,10 @@ PostgreSQL as the database. In one process, on the same files, one after the oth
     classifier (``classifier.backbones.load_model_dir``) on one crop at a time, and one ORM
     ``session.add`` + flush per detection and per observation, one commit per picture.
 
+With ``--read-text``, ShelfTally runs once more with text and barcode reading on, as
+``scan --read-text`` does (the SKU master: the demo SKUs' names), so the cost of reading text is
+its stage ``read_text`` and the drop in pictures per second.
+
 With ``--int8``, ShelfTally runs twice more on the same pictures, with both models INT8
 (``models.detector_precision`` and ``classifier_precision`` ``int8``) and with the detector alone INT8:
 the detector and classifier are quantised once (:func:`quantized_models`: NNCF, calibrated on
@@ -37,7 +41,7 @@ units per core are an assumption (``--fma-units``, default 2: Intel Xeon Scalabl
 
 Usage::
 
-    .venv/bin/python bench/e2e.py [--pictures 12] [--backend openvino|onnx] [--threads N] [--int8]
+    .venv/bin/python bench/e2e.py [--pictures 12] [--backend openvino|onnx] [--threads N] [--int8] [--read-text]
 
 Writes ``bench/results/e2e.json`` and ``bench/results/e2e_stages.png``.
 """
@@ -93,7 +97,7 @@ def models(work: Path) -> tuple[Path, Path]:
     """The demo models, and a copy of the detector directory that runs at 640 px (dynamic ONNX)."""
     detector, classifier = train_demo_models(work / "demo", DemoSize(), demo_packshots(), print)
     at640 = work / "detector-640"
-    if not (at640 / "model.pt").is_file():
+    if not (at640 / "openvino" / "model.xml").is_file():  # the shipped detector has no model.pt, only ONNX
         shutil.rmtree(at640, ignore_errors=True)
         shutil.copytree(detector, at640)
         shutil.rmtree(at640 / "openvino", ignore_errors=True)
@@ -167,7 +171,7 @@ def peak_rss_mib() -> float:
 
 
 def run_shelftally(paths: list[Path], detector: Path, classifier: Path, url: str, backend: str,
-                   threads: int | None, precision: str = "fp32") -> dict[str, Any]:
+                   threads: int | None, precision: str = "fp32", read_text: bool = False) -> dict[str, Any]:
     from inventory.reconcile import ReconcilePolicy
     from workers.scan.pipeline import PipelineConfig, ScanPipeline, load_models
 
@@ -175,8 +179,14 @@ def run_shelftally(paths: list[Path], detector: Path, classifier: Path, url: str
     det, rec = load_models(detector, classifier, backend=backend, threads=threads,
                            detector_precision="int8" if precision in ("int8", "int8-detector") else "fp32",
                            classifier_precision="int8" if precision == "int8" else "fp32", int8_max_drop_points=1.0)
+    fusion = None
+    if read_text:  # as `scan --read-text` does, with the scan settings' defaults
+        from workers.scan.run import text_fusion
+        from workers.settings import Settings
+
+        fusion = text_fusion(session_factory(engine), classifier, Settings(_env_file=None))  # type: ignore[call-arg]
     pipeline = ScanPipeline(factory=session_factory(engine), detector=det, recognizer=rec,
-                            policy=ReconcilePolicy(), config=PipelineConfig(evidence_dir=None))
+                            policy=ReconcilePolicy(), config=PipelineConfig(evidence_dir=None), text_fusion=fusion)
     start = datetime(2026, 11, 29, 8, 0, tzinfo=UTC)
     pipeline.scan_path(paths[0], location_code=LOCATION, captured_at=start - timedelta(minutes=1))  # warm-up
     stages: dict[str, list[float]] = {}
@@ -198,17 +208,17 @@ def run_shelftally(paths: list[Path], detector: Path, classifier: Path, url: str
             "precision": {"detector": det.precision, "classifier": rec.backend.precision},
             "detector_version": det.version, "classifier_version": rec.backend.version,
             "peak_rss_mib": round(peak_rss_mib(), 1),
-            "peak_rss_after_loading_and_warm_up_mib": round(loaded_rss, 1)}
+            "peak_rss_after_loading_and_warm_up_mib": round(loaded_rss, 1), "read_text": read_text}
 
 
 def run_worker(paths: list[Path], detector: Path, classifier: Path, url: str, backend: str,
-               threads: int | None, precision: str) -> dict[str, Any]:
+               threads: int | None, precision: str, read_text: bool = False) -> dict[str, Any]:
     """:func:`run_shelftally` in a fresh process (as a worker process is), so its peak RSS is the workload's alone."""
     import multiprocessing
 
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         result: dict[str, Any] = pool.apply(run_shelftally, (paths, detector, classifier, url, backend, threads,
-                                                             precision))
+                                                             precision, read_text))
     return result
 
 
@@ -220,7 +230,9 @@ def run_naive(paths: list[Path], detector: Path, classifier: Path, url: str) -> 
 
     from classifier.backbones import load_model_dir
 
-    yolo = YOLO(str(detector / "model.pt"))
+    # the obvious script loads what the model directory has: the checkpoint, else the ONNX export
+    weights = detector / "model.pt" if (detector / "model.pt").is_file() else detector / "model.onnx"
+    yolo = YOLO(str(weights), task="detect")
     labels = json.loads((classifier / "labels.json").read_text())
     preprocess = json.loads((classifier / "preprocess.json").read_text())
     size = int(preprocess["input_size"])
@@ -287,6 +299,27 @@ def run_naive(paths: list[Path], detector: Path, classifier: Path, url: str) -> 
             "stages_ms": {k: round(statistics.median(v), 1) for k, v in stages.items()}}
 
 
+def _detector_module(detector: Path, yolo: Any) -> Any:
+    """The detector as a torch module, for counting its FLOPs: its checkpoint, else its architecture rebuilt.
+
+    A directory shipped with ONNX only (the product-agnostic detector) records its model YAML in
+    ``provenance.json`` (``base_model``); the FLOPs of a network do not depend on its weights.
+    """
+    if (detector / "model.pt").is_file():
+        return yolo(str(detector / "model.pt")).model
+    from ultralytics.nn.tasks import DetectionModel
+
+    from detector.backbones import register_modules
+    from detector.train import resolve_model
+
+    register_modules()
+    base = json.loads((detector / "provenance.json").read_text())["base_model"]
+    yaml = Path(base["model"] if isinstance(base, dict) else base)
+    local = ROOT / "detector" / "cfg" / yaml.name  # the recorded path is the machine's that trained it
+    labels = json.loads((detector / "labels.json").read_text())
+    return DetectionModel(resolve_model(local if local.is_file() else yaml), nc=len(labels), verbose=False)
+
+
 def flops(detector: Path, classifier: Path) -> dict[str, float]:
     """GFLOPs (multiply-adds x 2) of one detector pass at 640 and of one classifier crop."""
     import torch
@@ -295,7 +328,7 @@ def flops(detector: Path, classifier: Path) -> dict[str, float]:
 
     from classifier.backbones import load_model_dir
 
-    det_gflops = float(get_flops(YOLO(str(detector / "model.pt")).model, imgsz=IMGSZ))
+    det_gflops = float(get_flops(_detector_module(detector, YOLO), imgsz=IMGSZ))
     from thop import profile
 
     size = int(json.loads((classifier / "preprocess.json").read_text())["input_size"])
@@ -372,6 +405,8 @@ def main() -> None:
     parser.add_argument("--int8", action="store_true",
                         help="also run ShelfTally with the INT8 models (quantised once, cached), same pictures")
     parser.add_argument("--calibration", type=int, default=120, help="generated pictures calibrating INT8")
+    parser.add_argument("--read-text", action="store_true",
+                        help="also run ShelfTally with text and barcode reading on (scan --read-text)")
     parser.add_argument("--work", type=Path, default=ROOT / "work" / "e2e-models")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "e2e.json")
     args = parser.parse_args()
@@ -410,6 +445,7 @@ def main() -> None:
                                                for n, e in r["evaluations"].items()},
                                "metric": r["metric"], "calibration": r["calibration"]}
                            for k, r in records.items()}
+    with_text = in_fresh_schema(run_worker, args.backend, args.threads, "fp32", True) if args.read_text else None
     naive = in_fresh_schema(run_naive)
     work = flops(detector, classifier)
     peak = peak_gflops(args.fma_units)
@@ -420,12 +456,14 @@ def main() -> None:
         "benchmark": "e2e", "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "python": platform.python_version(), **peak},
         "workload": {"pictures": len(timed), "size_wh": [1280, 960], "products_per_picture": "80-120",
-                     "detector": "demo YOLOv8n at 640",
+                     "detector": f"{ours['detector_version']} at {IMGSZ}",
                      "classifier": "demo " + " ".join(DemoSize().classifier_recipe()),
                      "database": "postgresql"},
         "shelftally": ours, "naive": naive, "speedup": round(ours["pictures_per_s"] / naive["pictures_per_s"], 2),
         "shelftally_int8": int8,
         "speedup_int8": round(int8["pictures_per_s"] / naive["pictures_per_s"], 2) if int8 else None,
+        "shelftally_read_text": with_text,
+        "speedup_read_text": round(with_text["pictures_per_s"] / naive["pictures_per_s"], 2) if with_text else None,
         "shelftally_int8_detector": int8_detector,
         "speedup_int8_detector": round(int8_detector["pictures_per_s"] / naive["pictures_per_s"], 2)
         if int8_detector else None,
@@ -437,9 +475,10 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    plot(report, args.out.with_name("e2e_stages.png"))
-    print(json.dumps({k: report[k] for k in ("shelftally", "shelftally_int8", "shelftally_int8_detector", "naive",
-                                             "speedup", "speedup_int8", "speedup_int8_detector", "flops")}, indent=2))
+    plot(report, args.out.with_name(f"{args.out.stem}_stages.png"))
+    print(json.dumps({k: report[k] for k in ("shelftally", "shelftally_int8", "shelftally_int8_detector",
+                                             "shelftally_read_text", "naive", "speedup", "speedup_int8",
+                                             "speedup_int8_detector", "speedup_read_text", "flops")}, indent=2))
 
 
 if __name__ == "__main__":
