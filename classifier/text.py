@@ -12,7 +12,9 @@ How a text score is made (:meth:`TextMatcher.scores`):
    (weight 1) and of its description (weight 0.5).
 3. Each read word is compared with every vocabulary word by rapidfuzz's normalised Indel
    similarity (``fuzz.ratio``, 0-100; one wrong letter in six still scores 83). A pair counts when
-   it reaches ``min_similarity``.
+   it reaches ``min_similarity``. A long read word (:data:`LONG_TOKEN` letters or more; readers
+   run words together) also matches a vocabulary word of 4 letters or more found inside it
+   (``fuzz.partial_ratio`` at least :data:`PARTIAL_SIMILARITY`), at :data:`PARTIAL_WEIGHT`.
 4. Each vocabulary word is scored by its best-matching read word (0 when none reaches the
    threshold). A SKU's score adds its words' scores, each times the word's weight and its
    inverse document frequency ``log(1 + N / df)`` (a word that names one SKU of N says more than
@@ -57,17 +59,28 @@ STOP_WORDS = frozenset({
 """Words that name no product (English and Swedish: the Grocery Store descriptions are in both)."""
 
 _NOT_WORD = re.compile(r"[^0-9a-z]+")
+_LETTER_DIGIT = re.compile(r"(?<=[a-z])(?=[0-9])|(?<=[0-9])(?=[a-z])")
+
+
+LONG_TOKEN = 7
+"""A read word this long may be several words run together; vocabulary words inside it count."""
+PARTIAL_SIMILARITY = 90.0
+"""The least rapidfuzz ``partial_ratio`` of a vocabulary word (4 letters or more) inside a long read word."""
+PARTIAL_WEIGHT = 0.9
+"""How much such a match counts against a whole-word match."""
 
 
 def normalise(text: str) -> str:
-    """``text`` lower-cased, accents dropped (NFKD), other than letters and digits folded to single spaces.
+    """``text`` lower-cased, accents dropped (NFKD), other than letters and digits folded to single spaces,
+    and letters and digits that touch split apart.
 
-    >>> normalise("Bravo Äpple-Juice, 1 L")
+    >>> normalise("Bravo Äpple-Juice, 1L")
     'bravo apple juice 1 l'
     """
     decomposed = unicodedata.normalize("NFKD", text)
     plain = "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
-    return _NOT_WORD.sub(" ", plain).strip()
+    # letters and digits run together by a reader ("cola330ml") are words apart ("cola 330 ml")
+    return _LETTER_DIGIT.sub(" ", _NOT_WORD.sub(" ", plain)).strip()
 
 
 def words(text: str, *, min_length: int = 3) -> list[str]:
@@ -151,6 +164,7 @@ class TextMatcher:
             raise MissingDependencyError("text matching needs rapidfuzz: pip install 'shelftally[text]'") from error
         self._cdist = process.cdist
         self._ratio = fuzz.ratio
+        self._partial = fuzz.partial_ratio
         self.skus = list(skus)
         if not self.skus:
             raise ValueError("skus: expected at least one SKU")
@@ -180,6 +194,7 @@ class TextMatcher:
             for word, weight in vocabulary.items():
                 self._weights[k, index[word]] = weight * math.log(1.0 + n / document_frequency[word])
         self._perfect = np.maximum(self._weights.sum(axis=1), 1e-12)
+        self._inner_ok = np.array([len(word) >= 4 for word in self.vocabulary], bool)
 
     def scores(self, read: Sequence[str]) -> npt.NDArray[np.float64]:
         """Each SKU's text score for the words read on one crop.
@@ -196,6 +211,13 @@ class TextMatcher:
             return np.zeros(len(self.skus), np.float64)
         similarity = np.asarray(self._cdist(tokens, self.vocabulary, scorer=self._ratio), np.float64) / 100.0
         similarity[similarity < self.min_similarity / 100.0] = 0.0
+        long_tokens = [t for t in tokens if len(t) >= LONG_TOKEN]
+        if long_tokens:  # words a reader ran together ("appeljuice"): a vocabulary word inside a long token
+            rows = [tokens.index(t) for t in long_tokens]
+            inside = np.asarray(self._cdist(long_tokens, self.vocabulary, scorer=self._partial), np.float64) / 100.0
+            inside[:, ~self._inner_ok] = 0.0
+            inside[inside < PARTIAL_SIMILARITY / 100.0] = 0.0
+            similarity[rows] = np.maximum(similarity[rows], inside * PARTIAL_WEIGHT)
         read_as = similarity.max(axis=0)  # (V,): how well each vocabulary word was read, by its best read word
         scores: npt.NDArray[np.float64] = np.clip((self._weights @ read_as) / self._perfect, 0.0, 1.0)
         return scores

@@ -288,7 +288,7 @@ def evaluate_zero_shot(
     )
 
 
-DEFAULT_WEIGHT = 8.0
+DEFAULT_WEIGHT = 12.0
 """The text weight used when a classifier directory has no ``text_fusion.json``: the weight
 ``shelftally evaluate zero-shot`` chose for the shipped Grocery classifier on Grocery Store val
 (296 pictures; see docs/models.md)."""

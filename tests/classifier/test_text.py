@@ -148,3 +148,11 @@ def test_real_packages_are_named_from_their_printed_text_alone(reader) -> None: 
     assert named["God-Morgon-Orange-Juice"][0] == "God-Morgon-Orange-Juice"
     assert named["God-Morgon-Orange-Red-Grapefruit-Juice"][0] == "God-Morgon-Orange-Red-Grapefruit-Juice"
     assert "Bravo-Orange-Juice" in named["Bravo-Orange-Juice"]
+
+
+def test_words_a_reader_ran_together_still_match() -> None:
+    matcher = TextMatcher(MASTER)
+    assert normalise("Cola330mlcan") == "cola 330 mlcan"
+    assert matcher.match(["BRAVOAPPLEJUICE"])[0].sku_code == "BRAVO-APPLE"  # one long word, three inside
+    assert matcher.match(["TROPICANAJUICE"])[0].sku_code == "TROPICANA-APPLE"
+    assert matcher.match(["xqzvwkplm"]) == []  # a long word with no vocabulary word inside
