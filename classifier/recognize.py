@@ -99,10 +99,11 @@ class Recognizer:
         threads: int | None = None,
         openvino_precision: Literal["auto", "f32", "int8"] = "auto",
         int8_max_drop_points: float = 1.0,
+        device: str = "cpu",
     ) -> Recognizer:
         """Load a model directory's backend, prototypes, threshold and current gallery.
 
-        ``openvino_precision`` and ``int8_max_drop_points`` are passed to
+        ``device``, ``openvino_precision`` and ``int8_max_drop_points`` are passed to
         :func:`classifier.backends.load` (``"int8"``: the INT8 model within its accuracy margin).
         The open-set threshold was calibrated on FP32 embeddings and is used unchanged with INT8.
 
@@ -117,7 +118,7 @@ class Recognizer:
         prototypes = read_prototypes(directory.path, num_classes=directory.num_classes)
         return cls(
             load(directory, backend=backend, threads=threads, openvino_precision=openvino_precision,
-                 int8_max_drop_points=int8_max_drop_points),
+                 int8_max_drop_points=int8_max_drop_points, device=device),
             prototypes,
             threshold=calibration.threshold if calibration is not None else None,
             embedding_mean=read_embedding_mean(directory.path, prototypes.shape[1]),

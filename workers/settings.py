@@ -110,6 +110,11 @@ class ModelSettings(BaseModel):
     detector_dir: Path | None = Field(None, description="detector model directory used by scan and the workers")
     classifier_dir: Path | None = Field(None, description="classifier model directory used by scan and the workers")
     backend: Literal["onnx", "openvino", "torch", "tensorrt"] = Field("onnx", description="runtime of both models")
+    device: str = Field(
+        "cpu", min_length=1,
+        description="device both models run on: cpu, cuda or cuda:N (onnx, torch; tensorrt needs one), or an "
+        "OpenVINO device (gpu, npu, auto)",
+    )
     threads: int | None = Field(None, ge=1, description="intra-op threads per model; None: the runtime's default")
     detector_confidence: float | None = Field(
         None, ge=0, le=1,
@@ -125,6 +130,12 @@ class ModelSettings(BaseModel):
     int8_max_accuracy_drop: float = Field(
         1.0, ge=0, description="most mAP50 / top-1 points an INT8 model may have lost against FP32 to be used"
     )
+
+    @model_validator(mode="after")
+    def _tensorrt_runs_on_cuda(self) -> ModelSettings:
+        if self.backend == "tensorrt" and not self.device.strip().lower().startswith("cuda"):
+            raise ValueError(f"backend tensorrt runs on a CUDA device, not {self.device!r} (set models.device=cuda)")
+        return self
 
     @model_validator(mode="after")
     def _int8_runs_on_openvino(self) -> ModelSettings:

@@ -70,6 +70,9 @@ def test_dotenv_file_is_read(tmp_path: object) -> None:
         ({"SHELFTALLY_MODELS__DETECTOR_PRECISION": "int4", "SHELFTALLY_MODELS__BACKEND": "openvino"},
          "'fp32' or 'int8'"),
         ({"SHELFTALLY_MODELS__INT8_MAX_ACCURACY_DROP": "-1"}, "greater than or equal to 0"),
+        ({"SHELFTALLY_MODELS__BACKEND": "tensorrt"}, "runs on a CUDA device"),
+        ({"SHELFTALLY_MODELS__BACKEND": "tensorrt", "SHELFTALLY_MODELS__DEVICE": "gpu"}, "runs on a CUDA device"),
+        ({"SHELFTALLY_SCAN__TEXT_MIN_CROP_PX": "2"}, "greater than or equal to 8"),
     ],
 )
 def test_invalid_settings_are_refused(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str) -> None:
@@ -120,3 +123,22 @@ def test_scan_and_model_settings_from_the_environment(monkeypatch: pytest.Monkey
     monkeypatch.setenv("SHELFTALLY_SCAN__CAMERA_TIMEZONE", "Mars/Olympus")
     with pytest.raises(ConfigurationError, match=r"scan\.camera_timezone"):
         Settings.from_environment(env_file=None)
+
+
+def test_tensorrt_on_a_cuda_device_is_a_valid_setting_and_reaches_the_runtime(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object,
+) -> None:
+    """Where TensorRT is not installed, a scan so configured says which extra is missing (not a device error)."""
+    from pathlib import Path
+
+    from shelftally.errors import MissingDependencyError
+    from workers.scan.pipeline import load_models
+
+    monkeypatch.setenv("SHELFTALLY_MODELS__BACKEND", "tensorrt")
+    monkeypatch.setenv("SHELFTALLY_MODELS__DEVICE", "cuda")
+    settings = Settings.from_environment()
+    assert settings.models.device == "cuda"
+    models = Path(__file__).resolve().parents[2] / "models"
+    with pytest.raises(MissingDependencyError, match=r"shelftally\[tensorrt\]"):
+        load_models(models / "product-agnostic", models / "classifier-grocery", backend="tensorrt",
+                    device=settings.models.device)

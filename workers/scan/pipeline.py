@@ -360,6 +360,7 @@ def load_models(
     detector_precision: Literal["fp32", "int8"] = "fp32",
     classifier_precision: Literal["fp32", "int8"] = "fp32",
     int8_max_drop_points: float = 1.0,
+    device: str = "cpu",
 ) -> tuple[DetectorBackend, Recognizer]:
     """Load the detector and the classifier (with its open-set threshold and gallery) once per process.
 
@@ -380,6 +381,8 @@ def load_models(
             record that version. Per model, because INT8 is not faster for every network on
             every CPU (``bench/int8.py``, ``bench/e2e.py --int8``).
         int8_max_drop_points: the accuracy margin, percentage points of mAP50 / top-1.
+        device: where both run: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` (TensorRT needs one), or an
+            OpenVINO device name (``"gpu"``, ``"npu"``, ``"auto"``).
 
     Returns:
         ``(detector, recognizer)``.
@@ -402,14 +405,14 @@ def load_models(
         raise ConfigurationError(f"precision int8 runs on the openvino backend, not {backend!r}",
                                  reason="int8_needs_openvino")
     key = (os.getpid(), str(Path(detector_dir).resolve()), str(Path(classifier_dir).resolve()), backend, threads,
-           conf, detector_precision, classifier_precision, int8_max_drop_points)
+           conf, detector_precision, classifier_precision, int8_max_drop_points, device)
     if key not in _MODELS:
         detector = load_detector(detector_dir, backend=backend, threads=threads, conf=conf,
                                  openvino_precision="int8" if detector_precision == "int8" else "auto",
-                                 int8_max_drop_points=int8_max_drop_points)
+                                 int8_max_drop_points=int8_max_drop_points, device=device)
         recognizer = Recognizer.from_model_dir(classifier_dir, backend=backend, threads=threads,
                                                openvino_precision="int8" if classifier_precision == "int8" else "auto",
-                                               int8_max_drop_points=int8_max_drop_points)
+                                               int8_max_drop_points=int8_max_drop_points, device=device)
         _MODELS[key] = (detector, recognizer)
         logger.info("loaded detector %s (%s) and classifier %s (%s) on %s",
                     detector_dir, detector.version, classifier_dir, recognizer.backend.version, backend)

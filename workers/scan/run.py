@@ -165,7 +165,7 @@ def build_pipeline(
     detector_backend, recognizer = load_models(
         detector_dir, classifier_dir, backend=models.backend, threads=models.threads, conf=models.detector_confidence,
         detector_precision=models.detector_precision, classifier_precision=models.classifier_precision,
-        int8_max_drop_points=models.int8_max_accuracy_drop,
+        int8_max_drop_points=models.int8_max_accuracy_drop, device=models.device,
     )
     fusion = None
     if scan.read_text if read_text is None else read_text:
