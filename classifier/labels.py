@@ -93,12 +93,10 @@ def read_label(read: ReadText, matcher: TextMatcher | None = None, *, min_text_s
     gtin = read.gtins[0] if read.gtins else None
     sku, named_by = None, None
     if matcher is not None:
-        for code in read.gtins:
-            sku = matcher.sku_of_barcode(code)
-            if sku is not None:
-                gtin, named_by = code, "barcode"
-                break
-        if sku is None:
+        by_code = matcher.sku_of_barcodes(read.gtins)
+        if by_code is not None:
+            sku, gtin, named_by = by_code[0], by_code[1], "barcode"
+        else:
             best = matcher.match(lines, top=1)
             if best and best[0].score >= min_text_score:
                 sku, named_by = best[0].sku_code, "text"

@@ -6,7 +6,7 @@ run by ONNX Runtime through that library's own pipeline, the way it is meant to 
 models are loaded once per process (:func:`text_reader`); nothing is downloaded.
 
 Barcodes: zxing-cpp (a core dependency) reads EAN-8, EAN-13, UPC-A, UPC-E and ITF-14 on the
-crop; only codes whose GS1 check digit holds are kept (:func:`classifier.text.gtin14`).
+crop; only codes whose GS1 check digit holds are kept (:func:`shelftally.gtin.gtin14`).
 
 Both take (h, w, 3) uint8 RGB crops, upright, as the detector cuts them.
 """
@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from classifier.text import gtin14
 from shelftally.errors import MissingDependencyError
+from shelftally.gtin import gtin14
 
 __all__ = ["ReadLine", "ReadText", "TextReader", "read_gtins", "text_reader"]
 
@@ -137,10 +136,6 @@ class TextReader:
         lines.sort(key=lambda line: (line.xyxy[1], line.xyxy[0]))
         gtins = read_gtins(crop) if self.barcodes else ()
         return ReadText(tuple(lines), gtins)
-
-    def read_all(self, crops: Sequence[npt.NDArray[np.uint8]]) -> list[ReadText]:
-        """:meth:`read` for each crop, in order."""
-        return [self.read(crop) for crop in crops]
 
 
 @functools.cache

@@ -18,17 +18,22 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from shelftally.gtin import check_digit
+
 __all__ = ["DrawnTag", "draw_tag", "ean13"]
 
 _FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_TRIPLEX, cv2.FONT_HERSHEY_COMPLEX)
 
 
 def ean13(body: str) -> str:
-    """``body`` (12 digits) with its GS1 check digit appended."""
+    """``body`` (12 digits) with its GS1 check digit appended (:func:`shelftally.gtin.check_digit`).
+
+    Raises:
+        ValueError: ``body`` is not 12 digits.
+    """
     if len(body) != 12 or not body.isdigit():
         raise ValueError(f"body: expected 12 digits, received {body!r}")
-    total = sum(int(d) * (3 if i % 2 else 1) for i, d in enumerate(body))
-    return body + str((10 - total % 10) % 10)
+    return body + str(check_digit(body))
 
 
 @dataclass(frozen=True)

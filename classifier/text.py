@@ -22,9 +22,9 @@ How a text score is made (:meth:`TextMatcher.scores`):
    its words were read perfectly (tf-idf weighting, Salton & Buckley 1988, with fuzzy term
    matching). Scores lie in [0, 1].
 
-Barcodes: :func:`gtin14` brings EAN-8, UPC-A, EAN-13 and GTIN-14 codes to one 14-digit key with
-its GS1 check digit verified, so a code read on a package finds the SKU master's ``gtin``
-however either was written.
+Barcodes: :func:`shelftally.gtin.gtin14` brings EAN-8, UPC-A, EAN-13 and GTIN-14 codes to one
+14-digit key with its GS1 check digit verified, so a code read on a package finds the SKU
+master's ``gtin`` however either was written.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from shelftally.errors import MissingDependencyError
+from shelftally.gtin import gtin14
 
 __all__ = [
     "STOP_WORDS",
@@ -86,26 +87,6 @@ def normalise(text: str) -> str:
 def words(text: str, *, min_length: int = 3) -> list[str]:
     """The words of ``normalise(text)`` with at least ``min_length`` characters, stop words dropped, in order."""
     return [w for w in normalise(text).split() if len(w) >= min_length and w not in STOP_WORDS]
-
-
-def gtin14(code: str) -> str | None:
-    """A GTIN-8/12/13/14 (EAN-8, UPC-A, EAN-13, ITF-14) as 14 digits, or None when it is not one.
-
-    The GS1 check digit (the last) is verified: from the right, digits are weighted 3, 1, 3, ...
-    and the sum with the check digit is a multiple of 10 (GS1 General Specifications, section 7.9).
-
-    >>> gtin14("4006381333931")
-    '04006381333931'
-    >>> gtin14("4006381333932") is None
-    True
-    """
-    digits = code.strip().replace(" ", "").replace("-", "")
-    if not digits.isdigit() or len(digits) not in (8, 12, 13, 14):
-        return None
-    padded = digits.zfill(14)
-    body, check = padded[:-1], int(padded[-1])
-    total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(body)))
-    return padded if (total + check) % 10 == 0 else None
 
 
 @dataclass(frozen=True)
@@ -196,6 +177,27 @@ class TextMatcher:
         self._perfect = np.maximum(self._weights.sum(axis=1), 1e-12)
         self._inner_ok = np.array([len(word) >= 4 for word in self.vocabulary], bool)
 
+    def _read_as(self, read: Sequence[str]) -> npt.NDArray[np.float64]:
+        """(V,): how well each vocabulary word was read, by its best-matching read word (0: not read)."""
+        tokens = sorted({w for line in read for w in words(line)})
+        if not tokens or not self.vocabulary:
+            return np.zeros(len(self.vocabulary), np.float64)
+        similarity = np.asarray(self._cdist(tokens, self.vocabulary, scorer=self._ratio), np.float64) / 100.0
+        similarity[similarity < self.min_similarity / 100.0] = 0.0
+        rows = [t for t, token in enumerate(tokens) if len(token) >= LONG_TOKEN]
+        if rows:  # words a reader ran together ("appeljuice"): a vocabulary word inside a long token
+            long_tokens = [tokens[t] for t in rows]
+            inside = np.asarray(self._cdist(long_tokens, self.vocabulary, scorer=self._partial), np.float64) / 100.0
+            inside[:, ~self._inner_ok] = 0.0
+            inside[inside < PARTIAL_SIMILARITY / 100.0] = 0.0
+            similarity[rows] = np.maximum(similarity[rows], inside * PARTIAL_WEIGHT)
+        read_as: npt.NDArray[np.float64] = similarity.max(axis=0)
+        return read_as
+
+    def _scores(self, read_as: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        scores: npt.NDArray[np.float64] = np.clip((self._weights @ read_as) / self._perfect, 0.0, 1.0)
+        return scores
+
     def scores(self, read: Sequence[str]) -> npt.NDArray[np.float64]:
         """Each SKU's text score for the words read on one crop.
 
@@ -206,21 +208,7 @@ class TextMatcher:
             (len(skus),) float64 in [0, 1], in :attr:`skus` order; all zero when nothing usable
             was read.
         """
-        tokens = sorted({w for line in read for w in words(line)})
-        if not tokens or not self.vocabulary:
-            return np.zeros(len(self.skus), np.float64)
-        similarity = np.asarray(self._cdist(tokens, self.vocabulary, scorer=self._ratio), np.float64) / 100.0
-        similarity[similarity < self.min_similarity / 100.0] = 0.0
-        long_tokens = [t for t in tokens if len(t) >= LONG_TOKEN]
-        if long_tokens:  # words a reader ran together ("appeljuice"): a vocabulary word inside a long token
-            rows = [tokens.index(t) for t in long_tokens]
-            inside = np.asarray(self._cdist(long_tokens, self.vocabulary, scorer=self._partial), np.float64) / 100.0
-            inside[:, ~self._inner_ok] = 0.0
-            inside[inside < PARTIAL_SIMILARITY / 100.0] = 0.0
-            similarity[rows] = np.maximum(similarity[rows], inside * PARTIAL_WEIGHT)
-        read_as = similarity.max(axis=0)  # (V,): how well each vocabulary word was read, by its best read word
-        scores: npt.NDArray[np.float64] = np.clip((self._weights @ read_as) / self._perfect, 0.0, 1.0)
-        return scores
+        return self._scores(self._read_as(read))
 
     def match(self, read: Sequence[str], *, top: int = 5) -> list[TextMatch]:
         """The ``top`` SKUs by text score for what was read (those scoring above 0), best first.
@@ -228,20 +216,30 @@ class TextMatcher:
         Args:
             read: text read on one crop (or typed by a person, to debug the matcher).
             top: how many at most.
+
+        Returns:
+            Each with the SKU's vocabulary words that were read (whole or inside a longer word),
+            best read first.
         """
-        scores = self.scores(read)
+        read_as = self._read_as(read)
+        scores = self._scores(read_as)
         order = [int(i) for i in np.argsort(-scores, kind="stable")[:top] if scores[i] > 0]
-        tokens = sorted({w for line in read for w in words(line)})
         matches = []
         for k in order:
-            vocabulary = [self.vocabulary[j] for j in np.flatnonzero(self._weights[k])]
-            found = {
-                word for token in tokens for word in vocabulary if self._ratio(token, word) >= self.min_similarity
-            }
-            matches.append(TextMatch(self.skus[k].sku_code, float(scores[k]), tuple(sorted(found))))
+            found = [j for j in np.flatnonzero((self._weights[k] > 0) & (read_as > 0))]
+            found.sort(key=lambda j: (-read_as[j], self.vocabulary[j]))
+            matches.append(TextMatch(self.skus[k].sku_code, float(scores[k]), tuple(self.vocabulary[j] for j in found)))
         return matches
 
     def sku_of_barcode(self, code: str) -> str | None:
         """The SKU whose ``gtin`` is this barcode's number (any GTIN length; the check digit verified), or None."""
         key = gtin14(code)
         return self.by_gtin.get(key) if key is not None else None
+
+    def sku_of_barcodes(self, codes: Iterable[str]) -> tuple[str, str] | None:
+        """``(sku_code, code)`` of the first of ``codes`` that names a SKU of the master, or None."""
+        for code in codes:
+            sku = self.sku_of_barcode(code)
+            if sku is not None:
+                return sku, code
+        return None

@@ -248,9 +248,9 @@ def evaluate_zero_shot(
             started = time.perf_counter()
             read = reader.read(picture)
             text[row] = matcher.scores(read.texts)
-            sku = next((s for code in read.gtins if (s := matcher.sku_of_barcode(code)) is not None), None)
-            if sku is not None:
-                barcode[row] = column[sku]
+            by_code = matcher.sku_of_barcodes(read.gtins)
+            if by_code is not None:
+                barcode[row] = column[by_code[0]]
             seconds_text += time.perf_counter() - started
             truth[row] = column[dataset.class_names[item.class_index]]
             if progress is not None:
@@ -399,31 +399,32 @@ class TextFusion:
             visual answer, unknown included.
         """
         named = [NamedCrop(visual_sku[i], float(visual_confidence[i])) for i in range(len(crops))]
-        for i in self.chosen(crops, visual_sku, visual_confidence):
+        chosen = self.chosen(crops, visual_sku, visual_confidence)
+        if not chosen:
+            return named
+        # the classifier's labels as columns of the SKU master (the same for every crop)
+        pairs = [(j, self._column[label]) for j, label in enumerate(labels) if label in self._column]
+        model_columns, master_columns = [j for j, _ in pairs], [c for _, c in pairs]
+        untrained = np.ones(len(self._codes), bool)
+        untrained[master_columns] = False
+        for i in chosen:
             read = self.reader.read(crops[i])
             text = " ".join(read.texts)[:120] or None
-            for code in read.gtins:
-                sku = self.matcher.sku_of_barcode(code)
-                if sku is not None:
-                    named[i] = NamedCrop(sku, 1.0, "barcode", visual_sku[i], text, code)
-                    break
-            else:
-                scores = self.matcher.scores(read.texts)
-                if scores.max(initial=0.0) < self.min_text_score:
-                    if text is not None:
-                        named[i] = replace(named[i], text=text)
-                    continue
-                visual = np.zeros(len(self._codes), np.float64)
-                untrained = np.ones(len(self._codes), bool)
-                for j, label in enumerate(labels):
-                    column = self._column.get(label)
-                    if column is not None:
-                        visual[column] = probabilities[i, j]
-                        untrained[column] = False
-                fused = fuse(visual[None, :], scores[None, :], self.weight, untrained)[0]
-                shifted = np.exp(fused - fused.max())
-                best = int(fused.argmax())
-                sku = self._codes[best]
-                modality = "visual+text" if sku == visual_sku[i] else "text"
-                named[i] = NamedCrop(sku, float(shifted[best] / shifted.sum()), modality, visual_sku[i], text)
+            by_code = self.matcher.sku_of_barcodes(read.gtins)
+            if by_code is not None:
+                named[i] = NamedCrop(by_code[0], 1.0, "barcode", visual_sku[i], text, by_code[1])
+                continue
+            scores = self.matcher.scores(read.texts)
+            if scores.max(initial=0.0) < self.min_text_score:
+                if text is not None:
+                    named[i] = replace(named[i], text=text)
+                continue
+            visual = np.zeros(len(self._codes), np.float64)
+            visual[master_columns] = probabilities[i, model_columns]
+            fused = fuse(visual[None, :], scores[None, :], self.weight, untrained)[0]
+            shifted = np.exp(fused - fused.max())
+            best = int(fused.argmax())
+            sku = self._codes[best]
+            modality = "visual+text" if sku == visual_sku[i] else "text"
+            named[i] = NamedCrop(sku, float(shifted[best] / shifted.sum()), modality, visual_sku[i], text)
         return named

@@ -63,7 +63,6 @@ from shelftally.runtimes import (
     threads_per_process,
 )
 from shelftally.runtimes.base import split_engine
-from shelftally.runtimes.devices import parse_cuda_device
 from shelftally.runtimes.registry import resolve_runtime
 
 __all__ = [
@@ -72,7 +71,6 @@ __all__ = [
     "DetectorBackend",
     "EngineOptions",
     "load",
-    "parse_cuda_device",
     "threads_per_process",
 ]
 

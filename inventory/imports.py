@@ -113,6 +113,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from inventory.db import dialect_insert, utcnow
 from inventory.errors import ImportFileError
 from inventory.models import Base, FacingRule, Location, LocationLevel, Sku, StockAdjustment, StockLevel
+from shelftally.gtin import has_valid_check_digit
 
 logger = logging.getLogger(__name__)
 
@@ -415,7 +416,7 @@ class _Cells:
         if not (value.isascii() and value.isdigit()) or len(value) not in _GTIN_LENGTHS:
             self.bad(f"{column} {value!r} is not a GTIN (8, 12, 13 or 14 digits)")
             return None
-        if not _gtin_check_digit_ok(value):
+        if not has_valid_check_digit(value):
             self.bad(f"{column} {value!r} has a wrong check digit")
             return None
         return value
@@ -447,13 +448,6 @@ def _shorten(value: str, limit: int = 40) -> str:
     if len(value) <= limit:
         return repr(value)
     return f"{value[: limit // 2]!r}...{value[-limit // 2 :]!r} ({len(value)} characters)"
-
-
-def _gtin_check_digit_ok(gtin: str) -> bool:
-    """GS1 mod-10 check digit (GS1 General Specifications, section 7.9.1)."""
-    body = [int(c) for c in gtin[:-1]]
-    total = sum(d * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(body)))
-    return (10 - total % 10) % 10 == int(gtin[-1])
 
 
 def _check_actor(actor: str) -> None:

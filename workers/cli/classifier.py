@@ -10,7 +10,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -18,9 +18,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from shelftally.errors import ConfigurationError, ShelfTallyError
 from workers.cli._common import JsonOption, run_in_db
 from workers.console import console, err_console, print_error, print_json, stage_bars
-
-if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
 
 classifier_app = typer.Typer(no_args_is_help=True, help="Train the SKU classifier and measure open-set enrollment.")
 sku_app = typer.Typer(
@@ -348,16 +345,10 @@ def match_cmd(
     For debugging the matcher: it prints each SKU's text score in [0, 1] and the words of its
     name, brand and description that the text matched (``classifier/text.py`` says how).
     """
-    from sqlalchemy import select
+    from classifier.text import TextMatcher
+    from workers.scan.run import sku_master
 
-    from classifier.text import SkuText, TextMatcher
-    from inventory.models import Sku
-
-    def master(session: Session) -> list[SkuText]:
-        rows = session.scalars(select(Sku).order_by(Sku.sku_code)).all()
-        return [SkuText(row.sku_code, row.name, row.description, row.gtin) for row in rows]
-
-    skus = run_in_db(typer_ctx, master, as_json)
+    skus = run_in_db(typer_ctx, sku_master, as_json)
     if not skus:
         raise _fail(ConfigurationError("the SKU master is empty: shelftally import skus FILE", reason="no_skus"),
                     as_json)
@@ -365,7 +356,8 @@ def match_cmd(
         matcher = TextMatcher(skus)
     except ShelfTallyError as error:
         raise _fail(error, as_json) from error
-    barcode = next((code for line in text if (code := matcher.sku_of_barcode(line)) is not None), None)
+    by_code = matcher.sku_of_barcodes(text)
+    barcode = by_code[0] if by_code is not None else None
     matches = matcher.match(text, top=top)
     if as_json:
         print_json({"barcode_sku": barcode, "matches": [

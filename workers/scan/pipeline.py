@@ -43,7 +43,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -52,7 +52,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from classifier.backends import softmax
 from classifier.recognize import Recognizer
-from classifier.zeroshot import TextFusion
 from detector.backends import DetectorBackend
 from detector.tiling import detect
 from detector.types import Detections
@@ -86,6 +85,9 @@ __all__ = [
     "crop_boxes",
     "load_models",
 ]
+
+if TYPE_CHECKING:
+    from classifier.zeroshot import TextFusion
 
 logger = logging.getLogger(__name__)
 

@@ -27,6 +27,7 @@ from workers.scan.pipeline import PipelineConfig, ScanPipeline, ScanResult, load
 from workers.settings import Settings
 
 if TYPE_CHECKING:
+    from classifier.text import SkuText
     from classifier.zeroshot import TextFusion
 
 __all__ = ["PICTURE_SUFFIXES", "ScanRun", "build_pipeline", "collect_pictures", "result_dict", "run_scan"]
@@ -174,6 +175,14 @@ def build_pipeline(
                         policy=settings.reconcile.policy(), config=config, text_fusion=fusion)
 
 
+def sku_master(session: Session) -> list[SkuText]:
+    """The SKU master as the text matcher reads it (code, name, description, GTIN), by SKU code."""
+    from classifier.text import SkuText
+
+    rows = session.scalars(sa.select(Sku).order_by(Sku.sku_code)).all()
+    return [SkuText(row.sku_code, row.name, row.description, row.gtin) for row in rows]
+
+
 def text_fusion(factory: sessionmaker[Session], classifier_dir: Path, settings: Settings) -> TextFusion:
     """Text and barcode reading for a scan: the SKU master from the database, the weight from the classifier.
 
@@ -182,12 +191,11 @@ def text_fusion(factory: sessionmaker[Session], classifier_dir: Path, settings: 
         MissingDependencyError: the ``text`` extra is not installed.
     """
     from classifier.ocr import text_reader
-    from classifier.text import SkuText, TextMatcher
+    from classifier.text import TextMatcher
     from classifier.zeroshot import TextFusion, read_weight
 
     with factory() as session:
-        rows = session.scalars(sa.select(Sku).order_by(Sku.sku_code)).all()
-        skus = [SkuText(row.sku_code, row.name, row.description, row.gtin) for row in rows]
+        skus = sku_master(session)
     if not skus:
         raise ConfigurationError("reading text needs a SKU master to match: shelftally import skus FILE",
                                  reason="no_skus")
